@@ -1,0 +1,61 @@
+"""`instructrl`: one command, a subcommand per stage.
+
+Each subcommand lives in a module exposing ``add_arguments(parser)`` and ``run(args) -> int``.
+Only the chosen subcommand's module is imported, so `instructrl --help` stays fast and light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from instructrl.errors import InputError
+
+# name -> (module, one-line help). Only commands that exist are listed.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("instructrl.data.cli", "prepare prompt sets: dedupe, per-user cap, split by user"),
+    "sandbox": ("instructrl.sandbox.cli", "generate the offline sandbox world's data"),
+    "pretrain": ("instructrl.stages.pretrain", "train the sandbox tokenizer and base model"),
+}
+
+
+def add_common(p: argparse.ArgumentParser, *, out_required: bool = True) -> None:
+    """Arguments every stage takes: the run directory, a recipe and overrides."""
+    p.add_argument("--out", required=out_required, help="run directory (runs/<name>)")
+    p.add_argument("--recipe", default=None, help="YAML recipe (e.g. recipes/sandbox.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set sft.epochs=2 (repeatable)")
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items())
+    p = argparse.ArgumentParser(
+        prog="instructrl", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="InstructGPT's pipeline (SFT -> K-wise RM -> PPO-ptx) for Hugging Face "
+                    "causal language models.",
+        epilog=f"commands:\n{lines}\n\n`instructrl COMMAND --help` for each command's options.")
+    p.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        _top_parser().parse_args(argv[:1] or ["--help"])
+        return 2
+    name = argv[0]
+    module_name, help_ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"instructrl {name}", description=help_)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except InputError as e:
+        print(f"instructrl {name}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""One dataclass per stage with the paper's defaults, loaded from YAML recipes.
+
+A recipe is a YAML mapping of section name -> fields, e.g. ``sft: {epochs: 16}``. CLI overrides
+``--set sft.epochs=2`` are parsed as YAML scalars. An unknown section or key, or a value of the
+wrong type, is an `InputError` naming the key and the file. Configs are frozen: nothing mutates
+one after `validate()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from instructrl.errors import InputError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """`instructrl data prepare` (paper section 3.2, App. A)."""
+
+    prefix_chars: int = 64
+    """Prompts sharing a common prefix at least this long (characters) are duplicates."""
+    max_per_user: int = 200
+    """At most this many prompts per user ID (paper: 200)."""
+    valid_fraction: float = 0.1
+    """Fraction of *users* whose prompts go to the validation split."""
+    test_fraction: float = 0.1
+    """Fraction of *users* whose prompts go to the test split."""
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(self.prefix_chars >= 1, "data.prefix_chars", "must be >= 1")
+        _check(self.max_per_user >= 1, "data.max_per_user", "must be >= 1")
+        _check(0 <= self.valid_fraction and 0 <= self.test_fraction
+               and self.valid_fraction + self.test_fraction < 1,
+               "data.valid_fraction", "valid + test fractions must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """The offline world (DESIGN.md section 5)."""
+
+    seed: int = 0
+    n_users: int = 120
+    """Simulated users writing prompts."""
+    n_prompts: int = 3000
+    """Prompts the users write in all (before dedupe and the per-user cap)."""
+    n_labelers: int = 10
+    """Training labelers."""
+    n_heldout_labelers: int = 4
+    """Held-out labelers: evaluation only, never in training data (paper section 3.4)."""
+    n_corpus_docs: int = 20000
+    """Web-text documents in the pretraining corpus."""
+
+    def validate(self) -> None:
+        _check(self.n_users >= 3, "sandbox.n_users", "need at least 3 users for 3 splits")
+        _check(self.n_labelers >= 2, "sandbox.n_labelers", "need at least 2 labelers")
+        _check(self.n_heldout_labelers >= 1, "sandbox.n_heldout_labelers", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """`instructrl pretrain`: tokenizer + small Llama-style base model on the sandbox corpus."""
+
+    vocab_size: int = 1024
+    hidden_size: int = 192
+    intermediate_size: int = 512
+    num_layers: int = 4
+    num_heads: int = 4
+    max_position: int = 256
+    seq_len: int = 128
+    batch_size: int = 32
+    steps: int = 3000
+    lr: float = 3e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    checkpoint_every: int = 250
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(self.hidden_size % self.num_heads == 0, "pretrain.hidden_size",
+               "must be divisible by pretrain.num_heads")
+        _check(self.seq_len <= self.max_position, "pretrain.seq_len",
+               "must be <= pretrain.max_position")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """`instructrl sft` (paper section 3.5, App. C.1)."""
+
+    epochs: int = 16  # App. C.1
+    lr: float = 9.65e-6  # App. C.1 (1.3B); recipes for small models set their own
+    lr_final_ratio: float = 0.1  # cosine decay to 10 % of the peak, no warmup (App. C.1)
+    betas: tuple[float, float] = (0.9, 0.95)  # App. C
+    weight_decay: float = 0.0
+    dropout: float = 0.2  # residual dropout 0.2 (App. C.1)
+    batch_size: int = 32
+    max_prompt_tokens: int = 64
+    max_response_tokens: int = 64
+    ptx_fraction: float = 0.0
+    """Fraction of pretraining examples mixed in (App. C.3 RL init: 2 epochs with 0.1)."""
+    select_prompts: int = 64
+    """Validation prompts sampled per epoch checkpoint for selection by RM score."""
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "sft.epochs", "must be >= 1")
+        _check(0 <= self.dropout < 1, "sft.dropout", "must be in [0, 1)")
+        _check(0 <= self.ptx_fraction < 1, "sft.ptx_fraction", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """`instructrl collect`: K samples per prompt, ranked by labelers (paper section 3.5)."""
+
+    k: int = 4
+    """Responses per prompt (paper: 4 to 9)."""
+    n_prompts: int = 512
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+    policies: tuple[str, ...] = ("sft",)
+    """Stage dirs to sample from; the K responses are split among them."""
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(2 <= self.k <= 9, "collect.k", "must be between 2 and 9 (paper: 4 to 9)")
+        _check(len(self.policies) >= 1, "collect.policies", "name at least one policy")
+
+
+@dataclass(frozen=True)
+class RMConfig:
+    """`instructrl rm` (paper section 3.5, App. C.2)."""
+
+    epochs: int = 1  # App. C.2: one epoch, more overfits
+    lr: float = 9e-6  # App. C.2 (6B RM); recipes for small models set their own
+    lr_final_ratio: float = 0.1  # cosine to 10 % (App. C.2)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    """Counted in prompts: all C(K,2) pairs of one prompt are one batch element."""
+    max_prompt_tokens: int = 64
+    max_response_tokens: int = 64
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "rm.epochs", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """`instructrl ppo` (paper section 3.5 Eq. 2, App. C.4)."""
+
+    episodes: int = 256_000  # App. C.4: 256k episodes
+    batch_size: int = 512  # episodes per rollout batch (App. C.4)
+    mini_batch_size: int = 64  # App. C.4
+    micro_batch_size: int = 64
+    """Forward/backward chunk; minibatch gradients are accumulated over micro-batches."""
+    ppo_epochs: int = 1  # App. C.4: one inner epoch
+    lr: float = 9e-6
+    warmup_iters: int = 10  # App. C.4: constant LR after 10 iterations warming up from 0.1x
+    warmup_start: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    kl_coef: float = 0.02  # beta (App. C.4)
+    adaptive_kl: bool = False
+    target_kl: float = 6.0  # adaptive controller (Ziegler et al. 2019)
+    kl_horizon: int = 10_000
+    gamma: float = 1.0  # App. C.4
+    lam: float = 0.95
+    cliprange: float = 0.2  # App. C.4
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    whiten_rewards: bool = False
+    temperature: float = 1.0  # App. C.4: sampled at temperature 1
+    max_new_tokens: int = 64
+    missing_eos_penalty: float | None = None
+    """If set, a response with no EOS gets this score instead of the RM's (EOS trick)."""
+    ptx_coef: float = 27.8  # gamma (App. C.4); 0 is plain PPO
+    ptx_per_episode: int = 8  # App. C.4: 8x as many pretraining examples as episodes
+    ema_decay: float = 0.992  # App. C.4
+    sample_every: int = 10
+    """Write a table of decoded samples every N iterations."""
+    checkpoint_every: int = 5
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(self.batch_size % self.mini_batch_size == 0, "ppo.batch_size",
+               "must be divisible by ppo.mini_batch_size")
+        _check(self.mini_batch_size % self.micro_batch_size == 0, "ppo.mini_batch_size",
+               "must be divisible by ppo.micro_batch_size")
+        _check(self.episodes >= self.batch_size, "ppo.episodes", "must be >= ppo.batch_size")
+        _check(0 <= self.ema_decay < 1, "ppo.ema_decay", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`instructrl eval`: held-out labelers on held-out users' prompts (paper section 4)."""
+
+    n_prompts: int = 256
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """`instructrl pipeline`: rounds of collect -> label -> RM -> PPO after the first pass."""
+
+    rounds: int = 1
+    """Iterated rounds after the first SFT -> RM -> PPO pass (paper: 'continuously')."""
+    base_model: str = "sandbox"
+    """'sandbox' for the shipped sandbox base model, or a path to a save_pretrained dir."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    def validate(self) -> "RunConfig":
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise InputError(message, field=key)
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check `value` against the annotation `tp`, converting lists to tuples and ints to
+    floats where the annotation asks. Anything else of the wrong type is an error."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, source)
+            except InputError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"expected a list, got {value!r}", path=source, field=key)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key, source) for v in value)
+        if len(value) != len(args):
+            raise InputError(f"expected {len(args)} items, got {value!r}", path=source, field=key)
+        return tuple(_coerce(v, a, key, source) for v, a in zip(value, args))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if isinstance(value, bool) and tp is not bool:
+            raise InputError(f"expected {tp.__name__}, got {value!r}", path=source, field=key)
+        if not isinstance(value, tp):
+            raise InputError(f"expected {tp.__name__}, got {value!r}", path=source, field=key)
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")
+
+
+def _apply(cfg: RunConfig, updates: dict[str, dict[str, Any]], source: str) -> RunConfig:
+    sections = {f.name: f for f in dataclasses.fields(RunConfig)}
+    new_sections = {}
+    for name, values in updates.items():
+        if name not in sections:
+            raise InputError(f"unknown section (known: {', '.join(sections)})", path=source,
+                             field=name)
+        if not isinstance(values, dict):
+            raise InputError("a section must be a mapping of key: value", path=source, field=name)
+        section = new_sections.get(name, getattr(cfg, name))
+        hints = typing.get_type_hints(type(section))
+        known = {f.name for f in dataclasses.fields(section)}
+        changes = {}
+        for key, value in values.items():
+            if key not in known:
+                raise InputError(f"unknown key (known: {', '.join(sorted(known))})",
+                                 path=source, field=f"{name}.{key}")
+            changes[key] = _coerce(value, hints[key], f"{name}.{key}", source)
+        new_sections[name] = dataclasses.replace(section, **changes)
+    return dataclasses.replace(cfg, **new_sections)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """['sft.epochs=2', 'ppo.kl_coef=0.05'] -> {'sft': {'epochs': 2}, 'ppo': {...}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        if "=" not in pair or "." not in pair.split("=", 1)[0]:
+            raise InputError(f"expected section.key=value, got {pair!r}", path="--set")
+        key, raw = pair.split("=", 1)
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = yaml.safe_load(raw) if raw else ""
+    return out
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None
+                ) -> RunConfig:
+    """Defaults, then the recipe file, then `--set` overrides; validated."""
+    cfg = RunConfig()
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.exists():
+            raise InputError("recipe not found", path=str(path))
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputError(f"not valid YAML: {e}", path=str(path)) from None
+        if not isinstance(data, dict):
+            raise InputError("a recipe must be a mapping of section: {key: value}",
+                             path=str(path))
+        cfg = _apply(cfg, data, str(path))
+    if overrides:
+        cfg = _apply(cfg, parse_overrides(overrides), "--set")
+    try:
+        return cfg.validate()
+    except InputError as e:
+        raise InputError(e.message, path=str(recipe) if recipe else "defaults",
+                         field=e.field) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    def plain(x):
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+    return yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)
