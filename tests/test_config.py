@@ -1,0 +1,37 @@
+import pytest
+
+from instructrl.config import dump_config, load_config
+from instructrl.errors import InputError
+
+
+def test_defaults_are_the_papers():
+    cfg = load_config()
+    assert cfg.ppo.kl_coef == 0.02 and cfg.ppo.ptx_coef == 27.8 and cfg.ppo.ema_decay == 0.992
+    assert cfg.ppo.batch_size == 512 and cfg.ppo.mini_batch_size == 64 and cfg.ppo.gamma == 1.0
+    assert cfg.sft.epochs == 16 and cfg.sft.dropout == 0.2 and cfg.sft.lr_final_ratio == 0.1
+    assert cfg.rm.epochs == 1 and cfg.data.max_per_user == 200
+
+
+def test_recipe_and_overrides(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("sft:\n  epochs: 3\n  lr: 1\nppo:\n  betas: [0.9, 0.99]\n")
+    cfg = load_config(path, ["sft.epochs=2", "ppo.missing_eos_penalty=-1"])
+    assert cfg.sft.epochs == 2 and cfg.sft.lr == 1.0 and isinstance(cfg.sft.lr, float)
+    assert cfg.ppo.betas == (0.9, 0.99) and cfg.ppo.missing_eos_penalty == -1.0
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_config(cfg))
+    assert load_config(again) == cfg
+
+
+@pytest.mark.parametrize("text, override, match", [
+    ("sft:\n  epoch: 3\n", [], r"r.yaml: field 'sft.epoch': unknown key"),
+    ("sfft:\n  epochs: 3\n", [], r"r.yaml: field 'sfft': unknown section"),
+    ("sft:\n  epochs: three\n", [], r"r.yaml: field 'sft.epochs': expected int"),
+    ("sft:\n  epochs: 2\n", ["sft.dropout=yes"], r"--set: field 'sft.dropout': expected float"),
+    ("ppo:\n  batch_size: 100\n", [], r"r.yaml: field 'ppo.batch_size': must be divisible"),
+])
+def test_bad_recipe_names_key_and_file(tmp_path, text, override, match):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=match):
+        load_config(path, override)
