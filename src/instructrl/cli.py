@@ -17,6 +17,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("instructrl.data.cli", "prepare prompt sets: dedupe, per-user cap, split by user"),
     "sandbox": ("instructrl.sandbox.cli", "generate the offline sandbox world's data"),
     "pretrain": ("instructrl.stages.pretrain", "train the sandbox tokenizer and base model"),
+    "sft": ("instructrl.stages.sft", "supervised fine-tuning on demonstrations; select epoch"),
+    "rm": ("instructrl.stages.reward", "train the K-wise reward model on rankings"),
+    "ppo": ("instructrl.stages.ppo", "PPO(-ptx) against the reward model"),
 }
 
 
@@ -47,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     name = argv[0]
     module_name, help_ = COMMANDS[name]
     module = importlib.import_module(module_name)
+    if "transformers" in sys.modules:  # our own progress bars say what is happening
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
     parser = argparse.ArgumentParser(prog=f"instructrl {name}", description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])

@@ -66,21 +66,37 @@ class SandboxConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """`instructrl pretrain`: tokenizer + small Llama-style base model on the sandbox corpus."""
+    """`instructrl pretrain`: byte-level BPE tokenizer + small Llama-style base model trained
+    on the sandbox corpus (the sandbox's GPT-3; DESIGN.md section 5). Not a paper stage: the
+    paper started from pretrained GPT-3, so these are ordinary small-LM settings."""
 
     vocab_size: int = 1024
+    """BPE vocabulary, including the 256 bytes and the special tokens pad, bos, eos, unk."""
     hidden_size: int = 192
     intermediate_size: int = 512
     num_layers: int = 4
     num_heads: int = 4
     max_position: int = 256
+    """Longest sequence the model is built for (prompt + response of later stages)."""
+    tie_embeddings: bool = True
+    """Share the embedding and unembedding matrices (halves them at this size)."""
     seq_len: int = 128
+    """Tokens per packed training sequence (documents joined as <bos> doc <eos> ...)."""
     batch_size: int = 32
     steps: int = 3000
     lr: float = 3e-3
     warmup_steps: int = 100
+    """Linear warmup from 0, then cosine decay to lr * lr_final_ratio at `steps`."""
+    lr_final_ratio: float = 0.1
     weight_decay: float = 0.1
+    """AdamW decay on matrices only (not norms), betas (0.9, 0.95)."""
+    grad_clip: float = 1.0
+    heldout_docs: int = 500
+    """Held-out documents (a disjoint stream of the sandbox corpus) for the validation loss."""
+    log_every: int = 10
+    """Steps between metrics.jsonl rows (mean training loss over the window)."""
     checkpoint_every: int = 250
+    """Steps between resumable checkpoints in OUT/base/checkpoint/."""
     seed: int = 0
 
     def validate(self) -> None:
@@ -88,6 +104,13 @@ class PretrainConfig:
                "must be divisible by pretrain.num_heads")
         _check(self.seq_len <= self.max_position, "pretrain.seq_len",
                "must be <= pretrain.max_position")
+        _check(self.vocab_size >= 300, "pretrain.vocab_size",
+               "must be >= 300 (256 bytes + special tokens + merges)")
+        _check(self.steps >= 1 and self.batch_size >= 1 and self.seq_len >= 2,
+               "pretrain.steps", "steps, batch_size must be >= 1 and seq_len >= 2")
+        _check(self.log_every >= 1 and self.checkpoint_every >= 1, "pretrain.checkpoint_every",
+               "log_every and checkpoint_every must be >= 1")
+        _check(0 <= self.lr_final_ratio <= 1, "pretrain.lr_final_ratio", "must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -146,6 +169,8 @@ class RMConfig:
     """Counted in prompts: all C(K,2) pairs of one prompt are one batch element."""
     max_prompt_tokens: int = 64
     max_response_tokens: int = 64
+    checkpoint_every: int = 50
+    """Steps between resumable checkpoints."""
     seed: int = 0
 
     def validate(self) -> None:
@@ -175,13 +200,18 @@ class PPOConfig:
     cliprange: float = 0.2  # App. C.4
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
+    max_grad_norm: float | None = None
+    """Clip gradient norms (not in the paper; small models in fp32 may want 1.0)."""
     whiten_rewards: bool = False
     temperature: float = 1.0  # App. C.4: sampled at temperature 1
+    max_prompt_tokens: int = 64
     max_new_tokens: int = 64
     missing_eos_penalty: float | None = None
     """If set, a response with no EOS gets this score instead of the RM's (EOS trick)."""
     ptx_coef: float = 27.8  # gamma (App. C.4); 0 is plain PPO
     ptx_per_episode: int = 8  # App. C.4: 8x as many pretraining examples as episodes
+    ptx_max_tokens: int = 128
+    """Length of one pretraining example (tokens)."""
     ema_decay: float = 0.992  # App. C.4
     sample_every: int = 10
     """Write a table of decoded samples every N iterations."""

@@ -1,0 +1,58 @@
+"""Text in, text out: sample responses to prompt texts, and score (prompt, response) texts
+with a reward model. Used wherever whole texts move between stages (collect, SFT selection,
+evaluation); PPO works on token tensors directly (`instructrl.rollout`)."""
+
+from __future__ import annotations
+
+import torch
+
+from instructrl.modeling import gather_last
+from instructrl.rollout import pad_left, sample
+from instructrl.stages.common import batches, collate
+from instructrl.templates import encode_example, encode_prompt
+
+
+@torch.no_grad()
+def sample_texts(model, tokenizer, prompt_texts: list[str], *, max_prompt_tokens: int,
+                 max_new_tokens: int, temperature: float = 1.0, batch_size: int = 64,
+                 seed: int = 0) -> list[str]:
+    """One sampled response per prompt text (repeat a text to get several), deterministic
+    given `seed` and the batch layout."""
+    device = next(model.parameters()).device
+    model.eval()
+    out: list[str] = []
+    for b, start in enumerate(range(0, len(prompt_texts), batch_size)):
+        chunk = prompt_texts[start:start + batch_size]
+        ids, mask = pad_left([encode_prompt(tokenizer, t, max_prompt_tokens) for t in chunk],
+                             tokenizer.pad_token_id)
+        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
+        responses, rmask = sample(model, ids.to(device), mask.to(device),
+                                  max_new_tokens=max_new_tokens, temperature=temperature,
+                                  eos_token_id=tokenizer.eos_token_id,
+                                  pad_token_id=tokenizer.pad_token_id, generator=gen)
+        for row, m in zip(responses, rmask):
+            out.append(tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True).strip())
+    return out
+
+
+def score_sequences(model, seqs: list[tuple[list[int], list[int]]], pad_id: int
+                    ) -> torch.Tensor:
+    """Scalar-head score (N,) of each (query ids, response ids) pair, read at its last token
+    (the response's EOS). Keeps autograd (the RM trains through this)."""
+    device = next(model.parameters()).device
+    ids, mask, _, last = (t.to(device) for t in collate(seqs, pad_id))
+    return gather_last(model(input_ids=ids, attention_mask=mask), last)  # (N,)
+
+
+@torch.no_grad()
+def score_texts(rm, tokenizer, prompt_texts: list[str], responses: list[str], *,
+                max_prompt_tokens: int, max_response_tokens: int, batch_size: int = 64
+                ) -> torch.Tensor:
+    """Reward-model score (N,) of each (prompt text, response text)."""
+    rm.eval()
+    seqs = [encode_example(tokenizer, p, r, max_prompt_tokens, max_response_tokens)
+            for p, r in zip(prompt_texts, responses)]
+    if not seqs:
+        return torch.zeros(0)
+    return torch.cat([score_sequences(rm, chunk, tokenizer.pad_token_id).float().cpu()
+                      for chunk in batches(seqs, batch_size)])

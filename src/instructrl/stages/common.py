@@ -1,0 +1,123 @@
+"""What every training stage shares: seeding, LR schedules, resumable checkpoints, metrics
+logs, and batching of (query, response) token sequences."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cosine_lambda(total_steps: int, final_ratio: float):
+    """Cosine decay from 1 to `final_ratio` over `total_steps`, no warmup (App. C.1, C.2)."""
+    def f(step: int) -> float:
+        t = min(step, total_steps) / max(1, total_steps)
+        return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    return f
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+
+
+class Checkpoint:
+    """One resumable state file per stage, replaced atomically: a stage killed at any moment
+    finds either the previous or the new checkpoint, never half of one."""
+
+    def __init__(self, stage_dir: str | Path):
+        self.path = Path(stage_dir) / "checkpoint" / "state.pt"
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=False)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        if self.path.parent.exists() and not any(self.path.parent.iterdir()):
+            self.path.parent.rmdir()
+
+
+class MetricsLog:
+    """metrics.jsonl, one object per step. On resume, rows past the checkpoint are dropped so
+    the log reads as if the run had never stopped."""
+
+    def __init__(self, path: str | Path, resume_step: int | None = None, key: str = "step"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        if resume_step is not None and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    if row.get(key, 0) <= resume_step:
+                        rows.append(line + "\n")
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(rows))
+        os.replace(tmp, self.path)
+
+    def write(self, row: dict[str, Any]) -> None:
+        clean = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in row.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(clean) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-padded batch of query+response sequences.
+
+    Returns input_ids (B,T), attention_mask (B,T), response_mask (B,T) marking response tokens
+    (the tokens a loss is taken on), and last (B,) the index of each sequence's final token
+    (the EOS, where a reward model reads its score)."""
+    lengths = [len(q) + len(r) for q, r in pairs]
+    T = max(lengths)
+    B = len(pairs)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, T), dtype=torch.long)
+    response_mask = torch.zeros((B, T), dtype=torch.long)
+    for i, (q, r) in enumerate(pairs):
+        n = len(q) + len(r)
+        input_ids[i, :n] = torch.tensor(q + r, dtype=torch.long)
+        attention_mask[i, :n] = 1
+        response_mask[i, len(q):n] = 1
+    last = torch.tensor(lengths, dtype=torch.long) - 1
+    return input_ids, attention_mask, response_mask, last
+
+
+def batches(items: list, batch_size: int, generator: random.Random | None = None,
+            drop_last: bool = False) -> list[list]:
+    """Shuffled (when given a Random) fixed-size batches."""
+    idx = list(range(len(items)))
+    if generator is not None:
+        generator.shuffle(idx)
+    out = [[items[i] for i in idx[s:s + batch_size]] for s in range(0, len(idx), batch_size)]
+    if drop_last and out and len(out[-1]) < batch_size:
+        out.pop()
+    return out

@@ -1,0 +1,373 @@
+"""Stage 3: PPO with a per-token KL penalty and the pretraining mix (paper section 3.5 Eq. 2,
+App. C.4).
+
+    instructrl ppo --out RUN [--init RUN/sft] [--rm RUN/rm] [--stage ppo-ptx]
+
+objective(phi) = E_(x,y)~pi_phi [ r(x,y) - beta log(pi_phi(y|x) / pi_sft(y|x)) ]
+                 + gamma E_x~D_pretrain [ log pi_phi(x) ]
+
+Four models: the policy (trained, from the selected SFT model), the reference (a frozen copy
+of that initialisation), the reward model (frozen, bias-normalised, read at the EOS), and the
+value function (trained, a separate network initialised from the RM). One iteration:
+
+1. rollout: sample a batch of responses at temperature 1 with the KV cache; score them;
+2. per-token rewards: -beta (log pi - log pi_ref) on every token, plus the RM score on the last;
+3. GAE (gamma = 1, lambda = 0.95) and whitened advantages;
+4. `ppo_epochs` passes over the batch in minibatches; each minibatch accumulates the PPO
+   gradients of its micro-batches, then the ptx gradients of its pretraining examples
+   (App. C.4: "accumulated in consecutive steps"), then takes one optimizer step per model;
+5. the EMA of the policy weights (decay 0.992) is updated; it is what is evaluated and saved.
+
+Every `checkpoint_every` iterations the whole state is saved; a killed run resumes from there
+and, on CPU with the same seed, ends with the same metrics as an uninterrupted one (each
+iteration's randomness is seeded from (seed, iteration)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from instructrl.cli import add_common
+from instructrl.config import PPOConfig, RunConfig, load_config
+from instructrl.data.records import Prompt
+from instructrl.losses import (AdaptiveKLController, FixedKLController, gae, masked_mean,
+                               masked_whiten, per_token_rewards, ppo_policy_loss, ptx_loss,
+                               value_loss)
+from instructrl.modeling import (ScalarHeadModel, load_causal_lm, load_tokenizer,
+                                 save_pretrained_atomic)
+from instructrl.rollout import (Rollout, pad_left, response_logprobs, response_scores,
+                                response_values, sample)
+from instructrl.rundir import RunDir
+from instructrl.stages.common import Checkpoint, MetricsLog, collate
+from instructrl.templates import encode_prompt
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+@dataclass
+class Models:
+    policy: torch.nn.Module  # trained
+    ref: torch.nn.Module  # frozen copy of the policy's initialisation
+    rm: ScalarHeadModel  # frozen
+    value: ScalarHeadModel  # trained, initialised from the RM
+
+
+def load_models(init: str | Path, ref: str | Path, rm: str | Path, value: str | Path,
+                device) -> Models:
+    """Dropout is off in every model during RL (policy and value train in train mode with
+    p = 0, so nothing random happens outside sampling)."""
+    policy = load_causal_lm(init, dropout=0.0).to(device)
+    ref_model = load_causal_lm(ref, dropout=0.0).to(device).eval().requires_grad_(False)
+    rm_model = ScalarHeadModel.from_pretrained(rm).to(device).eval().requires_grad_(False)
+    value_model = ScalarHeadModel.from_pretrained(value).to(device)
+    return Models(policy, ref_model, rm_model, value_model)
+
+
+def chunks(n: int, size: int):
+    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+# --------------------------------------------------------------------------- rollout
+@torch.no_grad()
+def make_rollout(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed: int,
+                 device) -> Rollout:
+    queries, query_mask = pad_left([encode_prompt(tokenizer, p.text, c.max_prompt_tokens)
+                                    for p in prompts], tokenizer.pad_token_id)
+    queries, query_mask = queries.to(device), query_mask.to(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    m.policy.eval()
+    responses, response_mask = sample(
+        m.policy, queries, query_mask, max_new_tokens=c.max_new_tokens,
+        temperature=c.temperature, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, generator=gen)
+    B = queries.shape[0]
+    logprobs, ref_logprobs, values, scores = [], [], [], []
+    for s in chunks(B, c.micro_batch_size):
+        args = (queries[s], query_mask[s], responses[s], response_mask[s])
+        logprobs.append(response_logprobs(m.policy, *args, c.temperature))
+        ref_logprobs.append(response_logprobs(m.ref, *args, c.temperature))
+        values.append(response_values(m.value, *args))
+        scores.append(response_scores(m.rm, *args))
+    score = torch.cat(scores)
+    if c.missing_eos_penalty is not None:
+        # The "EOS trick": a response that never ended gets a fixed low score instead.
+        ended = ((responses == tokenizer.eos_token_id) & response_mask.bool()).any(1)
+        score = torch.where(ended, score, torch.full_like(score, c.missing_eos_penalty))
+    return Rollout(queries=queries, query_mask=query_mask, responses=responses,
+                   response_mask=response_mask, logprobs=torch.cat(logprobs),
+                   ref_logprobs=torch.cat(ref_logprobs), values=torch.cat(values),
+                   scores=score)
+
+
+# --------------------------------------------------------------------------- ptx data
+def ptx_batch(texts: list[str], tokenizer, n: int, max_tokens: int, seed: int):
+    """`n` pretraining examples (random windows of the pretraining texts)."""
+    rng = random.Random(seed)
+    seqs = []
+    for _ in range(n):
+        ids = tokenizer(texts[rng.randrange(len(texts))], add_special_tokens=False)["input_ids"]
+        start = rng.randrange(max(1, len(ids) - max_tokens + 1))
+        seqs.append(([], ids[start:start + max_tokens]))
+    return seqs
+
+
+# --------------------------------------------------------------------------- one update
+def train_minibatch(m: Models, r: Rollout, adv, returns, idx, c: PPOConfig, ptx_seqs, pad_id
+                    ) -> dict[str, float]:
+    """Accumulate the minibatch's PPO gradients (micro-batches weighted by their token share,
+    so the sum equals the whole minibatch's token-mean loss), then its ptx gradients."""
+    stats: dict[str, float] = {}
+    n_tok = float(r.response_mask[idx].sum())
+
+    def add(d, w):
+        for k, v in d.items():
+            stats[k] = stats.get(k, 0.0) + float(v) * w
+
+    for s in chunks(len(idx), c.micro_batch_size):
+        mi = idx[s]
+        mask = r.response_mask[mi]
+        w = float(mask.sum()) / n_tok
+        args = (r.queries[mi], r.query_mask[mi], r.responses[mi], mask)
+        logp, entropy = response_logprobs(m.policy, *args, c.temperature, return_entropy=True)
+        pg, pstats = ppo_policy_loss(logp, r.logprobs[mi], adv[mi], mask, c.cliprange)
+        v = response_values(m.value, *args)
+        vf, vstats = value_loss(v, r.values[mi], returns[mi], mask, c.cliprange_value)
+        loss = pg + c.vf_coef * vf
+        if not torch.isfinite(loss):
+            raise NonFiniteError("PPO loss")
+        (loss * w).backward()
+        add({**pstats, **vstats, "objective/entropy": masked_mean(entropy.detach(), mask)}, w)
+    if ptx_seqs:
+        ids, mask, tgt, _ = collate(ptx_seqs, pad_id)
+        n_ptx = float(tgt[:, 1:].sum())
+        for s in chunks(len(ptx_seqs), c.micro_batch_size):
+            dev = r.queries.device
+            b_ids, b_mask, b_tgt = ids[s].to(dev), mask[s].to(dev), tgt[s].to(dev)
+            logits = m.policy(input_ids=b_ids, attention_mask=b_mask, use_cache=False).logits
+            loss, pstats = ptx_loss(logits, b_ids, b_tgt)
+            if not torch.isfinite(loss):
+                raise NonFiniteError("ptx loss")
+            w = float(b_tgt[:, 1:].sum()) / n_ptx
+            (c.ptx_coef * loss * w).backward()
+            add(pstats, w)
+    return stats
+
+
+class EMA:
+    """Exponential moving average of the policy's weights (App. C.4: decay 0.992)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v, 1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def prompts_for_iteration(prompts: list[Prompt], it: int, batch_size: int, seed: int
+                          ) -> list[Prompt]:
+    """The iteration's prompts: epochs over the prompt set, each in a seeded shuffle."""
+    out = []
+    start = it * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), len(prompts))
+        order = list(range(len(prompts)))
+        random.Random(f"{seed}:{epoch}").shuffle(order)
+        out += [prompts[i] for i in order[offset:offset + batch_size - len(out)]]
+    return out
+
+
+# --------------------------------------------------------------------------- the stage
+def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm: str | Path,
+          value: str | Path, stage: str, ptx_coef: float | None = None,
+          max_iterations: int | None = None) -> Path:
+    c = cfg.ppo if ptx_coef is None else dataclasses.replace(cfg.ppo, ptx_coef=ptx_coef)
+    out = run.stage(stage)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(c.seed)
+    tokenizer = load_tokenizer(init)
+    m = load_models(init, ref, rm, value, device)
+    prompts = run.prompts("train")
+    if not prompts:
+        raise SystemExit(f"ppo: no train prompts in {run.data / 'prompts.jsonl'}")
+    ptx_texts = run.ptx_texts() if c.ptx_coef > 0 else []
+    n_iters = c.episodes // c.batch_size
+    opt_p = torch.optim.AdamW(m.policy.parameters(), lr=c.lr, betas=c.betas, weight_decay=0.0)
+    opt_v = torch.optim.AdamW(m.value.parameters(), lr=c.lr, betas=c.betas, weight_decay=0.0)
+    # App. C.4: constant LR after a warmup of `warmup_iters` iterations from 0.1x.
+    steps_per_iter = c.ppo_epochs * (c.batch_size // c.mini_batch_size)
+    warm = c.warmup_iters * steps_per_iter
+
+    def lr_at(step: int) -> float:
+        return 1.0 if step >= warm else c.warmup_start + (1 - c.warmup_start) * step / warm
+
+    sched_p = torch.optim.lr_scheduler.LambdaLR(opt_p, lr_at)
+    sched_v = torch.optim.lr_scheduler.LambdaLR(opt_v, lr_at)
+    kl_ctl = (AdaptiveKLController(c.kl_coef, c.target_kl, c.kl_horizon) if c.adaptive_kl
+              else FixedKLController(c.kl_coef))
+    ema = EMA(m.policy, c.ema_decay)
+    ckpt = Checkpoint(out)
+    start = 0
+    state = ckpt.load()
+    if state is not None:
+        m.policy.load_state_dict(state["policy"])
+        m.value.load_state_dict(state["value"])
+        ema.shadow = state["ema"]
+        for obj, key in ((opt_p, "opt_p"), (opt_v, "opt_v"), (sched_p, "sched_p"),
+                         (sched_v, "sched_v"), (kl_ctl, "kl_ctl")):
+            obj.load_state_dict(state[key])
+        start = state["iteration"]
+        print(f"{stage}: resuming after iteration {start} from {ckpt.path}")
+    log = MetricsLog(out / "metrics.jsonl", resume_step=start, key="iteration")
+    samples_log = MetricsLog(out / "samples.jsonl", resume_step=start, key="iteration")
+    tb = _tensorboard(out / "tb")
+    end = n_iters if max_iterations is None else min(n_iters, max_iterations)
+    bar = tqdm(total=n_iters, initial=start, desc=stage, unit="it")
+    for it in range(start, end):
+        t0 = time.time()
+        seed = c.seed * 1_000_003 + it
+        batch_prompts = prompts_for_iteration(prompts, it, c.batch_size, c.seed)
+        r = make_rollout(m, tokenizer, batch_prompts, c, seed, device)
+        t_rollout = time.time() - t0
+        rewards, stats = per_token_rewards(r.scores, r.logprobs, r.ref_logprobs,
+                                           r.response_mask, kl_ctl.value)
+        if c.whiten_rewards:
+            rewards = masked_whiten(rewards, r.response_mask, shift_mean=False)
+        adv, returns = gae(rewards, r.values, r.response_mask, c.gamma, c.lam)
+        adv = masked_whiten(adv, r.response_mask)
+        _check_finite(stats, stage, it, ckpt)
+        m.policy.train()
+        m.value.train()
+        gen = torch.Generator().manual_seed(seed)
+        train_stats: dict[str, list[float]] = {}
+        n_mb = 0
+        for _ in range(c.ppo_epochs):
+            perm = torch.randperm(c.batch_size, generator=gen).to(device)
+            for mb in chunks(c.batch_size, c.mini_batch_size):
+                idx = perm[mb]
+                ptx = (ptx_batch(ptx_texts, tokenizer, c.ptx_per_episode * len(idx),
+                                 c.ptx_max_tokens, seed * 31 + n_mb) if ptx_texts else [])
+                opt_p.zero_grad(set_to_none=True)
+                opt_v.zero_grad(set_to_none=True)
+                try:
+                    s = train_minibatch(m, r, adv, returns, idx, c, ptx, tokenizer.pad_token_id)
+                except NonFiniteError as e:
+                    _stop(stage, it, str(e), ckpt)
+                if c.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(m.policy.parameters(), c.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(m.value.parameters(), c.max_grad_norm)
+                opt_p.step()
+                opt_v.step()
+                sched_p.step()
+                sched_v.step()
+                ema.update(m.policy)
+                n_mb += 1
+                for k, v in s.items():
+                    train_stats.setdefault(k, []).append(v)
+        kl_ctl.update(float(stats["objective/kl"]), c.batch_size)
+        row = {"iteration": it + 1, "episodes": (it + 1) * c.batch_size,
+               **{k: float(v) for k, v in stats.items()},
+               **{k: sum(v) / len(v) for k, v in train_stats.items()},
+               "objective/kl_coef": kl_ctl.value, "lr": sched_p.get_last_lr()[0],
+               "objective/response_length": float(r.response_mask.sum(1).float().mean()),
+               "time/rollout": t_rollout, "time/iteration": time.time() - t0}
+        _check_finite(row, stage, it, ckpt)
+        log.write(row)
+        for k, v in row.items():
+            tb.add_scalar(k, v, it + 1)
+        if (it + 1) % c.sample_every == 0 or it == 0:
+            _write_samples(samples_log, tokenizer, batch_prompts, r, it + 1)
+        bar.update(1)
+        bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
+        if (it + 1) % c.checkpoint_every == 0 or it + 1 == end:
+            ckpt.save({"policy": m.policy.state_dict(), "value": m.value.state_dict(),
+                       "ema": ema.shadow, "opt_p": opt_p.state_dict(),
+                       "opt_v": opt_v.state_dict(), "sched_p": sched_p.state_dict(),
+                       "sched_v": sched_v.state_dict(), "kl_ctl": kl_ctl.state_dict(),
+                       "iteration": it + 1})
+    bar.close()
+    tb.close()
+    if end < n_iters:
+        return out  # stopped early on request (tests); the checkpoint holds the state
+    # The saved policy is the EMA of the weights (App. C.4); the value model is kept beside it
+    # so that an iterated round can continue from both.
+    m.policy.load_state_dict(ema.shadow)
+    save_pretrained_atomic(m.policy, tokenizer, out)
+    m.value.save_pretrained(out / "value", tokenizer)
+    run.mark_done(stage, iterations=n_iters, init=str(init), ref=str(ref), rm=str(rm),
+                  ptx_coef=c.ptx_coef)
+    ckpt.remove()
+    return out
+
+
+def _check_finite(stats: dict, stage: str, it: int, ckpt: Checkpoint) -> None:
+    for k, v in stats.items():
+        if isinstance(v, (float, int, torch.Tensor)) and not math.isfinite(float(v)):
+            _stop(stage, it, k, ckpt)
+
+
+def _stop(stage: str, it: int, what: str, ckpt: Checkpoint):
+    where = (f"the last good checkpoint is {ckpt.path}" if ckpt.path.exists()
+             else "no checkpoint was written yet")
+    raise SystemExit(f"{stage}: {what} became NaN/inf at iteration {it + 1}; stopping. {where}")
+
+
+def _write_samples(log: MetricsLog, tokenizer, prompts, r: Rollout, it: int, n: int = 4) -> None:
+    kl = ((r.logprobs - r.ref_logprobs) * r.response_mask).sum(1)
+    for i in range(min(n, len(prompts))):
+        ids = r.responses[i][r.response_mask[i].bool()].tolist()
+        log.write({"iteration": it, "prompt": prompts[i].text,
+                   "response": tokenizer.decode(ids, skip_special_tokens=True),
+                   "score": float(r.scores[i]), "kl": float(kl[i])})
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        return SummaryWriter(str(path))
+    except ImportError:  # tensorboard not installed: metrics.jsonl still has everything
+        class _Null:
+            def add_scalar(self, *a, **k):
+                pass
+
+            def close(self):
+                pass
+        return _Null()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    p.add_argument("--init", default=None, help="policy initialisation (default: RUN/sft)")
+    p.add_argument("--ref", default=None, help="reference policy (default: the --init model)")
+    p.add_argument("--rm", default=None, help="reward model (default: RUN/rm)")
+    p.add_argument("--value", default=None, help="value initialisation (default: the --rm)")
+    p.add_argument("--stage", default=None,
+                   help="stage dir name (default: ppo-ptx, or ppo when ppo.ptx_coef is 0)")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.recipe, args.overrides)
+    rd = RunDir(args.out)
+    init = args.init or rd.stage("sft")
+    rm = args.rm or rd.stage("rm")
+    stage = args.stage or ("ppo-ptx" if cfg.ppo.ptx_coef > 0 else "ppo")
+    t0 = time.time()
+    train(cfg, rd, init=init, ref=args.ref or init, rm=rm, value=args.value or rm, stage=stage)
+    print(f"{stage}: {time.time() - t0:.1f}s")
+    return 0

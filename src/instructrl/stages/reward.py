@@ -1,0 +1,198 @@
+"""Stage 2: the reward model, trained on K-wise rankings (paper section 3.5, App. C.2).
+
+    instructrl rm --out RUN [--init RUN/sft] [--rankings FILE]
+
+The RM is the SFT model with its unembedding replaced by a scalar head; the score is read at
+the last response token (the EOS). All K responses of one prompt form ONE batch element: the
+K sequences go through the model once each and the loss averages -log sigmoid(r_w - r_l) over
+that prompt's C(K,2) pairs (ties dropped), so every prompt weighs the same and the batch size
+counts prompts (App. C.2: this avoids the overfitting of shuffling pairs). One epoch, cosine
+decay to 10 %. Afterwards a bias is set so that the labeler demonstrations score mean 0
+(section 3.5: "normalized ... so that the labeler demonstrations achieve a mean score of 0
+before doing RL"); it is stored with the model and applied whenever it is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from instructrl.cli import add_common
+from instructrl.config import RMConfig, RunConfig, load_config
+from instructrl.data.jsonl import atomic_write_text, read_records
+from instructrl.data.records import Prompt, Ranking
+from instructrl.losses import ranking_loss
+from instructrl.generation import score_sequences
+from instructrl.modeling import ScalarHeadModel, load_tokenizer
+from instructrl.rundir import RunDir, join_prompts
+from instructrl.stages.common import (Checkpoint, MetricsLog, batches, collate, cosine_lambda,
+                                      rng_state, seed_everything, set_rng_state)
+from instructrl.templates import encode_example
+
+
+def ranking_elements(pairs: list[tuple[Prompt, Ranking]], tokenizer, cfg: RMConfig) -> list[dict]:
+    """One batch element per ranking: the K encoded sequences and their rank levels."""
+    out = []
+    for prompt, r in pairs:
+        if r.skipped or not r.pairs():
+            continue  # nothing to learn from a skip or an all-tied ranking
+        level = [0] * len(r.responses)
+        for lv, group in enumerate(r.ranking):
+            for i in group:
+                level[i] = lv
+        seqs = [encode_example(tokenizer, prompt.text, resp.text, cfg.max_prompt_tokens,
+                               cfg.max_response_tokens) for resp in r.responses]
+        out.append({"seqs": seqs, "level": level, "category": prompt.category,
+                    "labeler": r.labeler_id})
+    return out
+
+
+def flatten(elements: list[dict]) -> tuple[list, list[int], list[int]]:
+    """The K responses of every prompt in a batch as one list, with prompt index and level."""
+    seqs, group, level = [], [], []
+    for g, el in enumerate(elements):
+        seqs += el["seqs"]
+        group += [g] * len(el["seqs"])
+        level += el["level"]
+    return seqs, group, level
+
+
+def forward_batch(model, elements: list[dict], pad_id: int):
+    seqs, group, level = flatten(elements)
+    rewards = score_sequences(model, seqs, pad_id)  # (N,) one pass for all K·B
+    return ranking_loss(rewards, torch.tensor(group, device=rewards.device),
+                        torch.tensor(level, device=rewards.device))
+
+
+@torch.no_grad()
+def pairwise_accuracy(model, elements: list[dict], pad_id: int, batch_size: int) -> dict:
+    """Fraction of untied pairs the RM orders as the labeler did: overall and by category."""
+    model.eval()
+    hits: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for chunk in batches(elements, batch_size):
+        seqs, group, level = flatten(chunk)
+        r = score_sequences(model, seqs, pad_id).tolist()
+        for i in range(len(seqs)):
+            for j in range(len(seqs)):
+                if group[i] == group[j] and level[i] < level[j]:
+                    for key in ("all", chunk[group[i]]["category"]):
+                        hits[key][0] += float(r[i] > r[j])
+                        hits[key][1] += 1
+    return {k: {"accuracy": h / n, "pairs": int(n)} for k, (h, n) in sorted(hits.items())}
+
+
+@torch.no_grad()
+def normalise_bias(model: ScalarHeadModel, seqs: list[tuple[list, list]], pad_id: int,
+                   batch_size: int) -> float:
+    """Shift the bias so the given sequences (labeler demonstrations) score mean 0."""
+    model.eval()
+    scores = torch.cat([score_sequences(model, chunk, pad_id)
+                        for chunk in batches(seqs, batch_size)])
+    mean = float(scores.double().mean())
+    model.bias.sub_(mean)
+    return mean
+
+
+def split_rankings(run: RunDir, rankings: list[Ranking], path: str):
+    """Training: training labelers on train prompts. Validation: training labelers on valid
+    prompts. Held-out: held-out labelers anywhere (never trained on, paper section 3.4)."""
+    heldout = run.heldout_labelers()
+    pairs = join_prompts(rankings, run.prompts_by_id(), path)
+    train = [(p, r) for p, r in pairs if r.labeler_id not in heldout and p.split == "train"]
+    valid = [(p, r) for p, r in pairs if r.labeler_id not in heldout and p.split == "valid"]
+    held = [(p, r) for p, r in pairs if r.labeler_id in heldout]
+    return train, valid, held
+
+
+def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Path | None = None
+          ) -> Path:
+    c = cfg.rm
+    out = run.stage("rm")
+    seed_everything(c.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    path = Path(rankings_path) if rankings_path else run.data / "rankings.jsonl"
+    tokenizer = load_tokenizer(init)
+    pad = tokenizer.pad_token_id
+    tr, va, ho = split_rankings(run, read_records(path, Ranking.from_dict), str(path))
+    train_el = ranking_elements(tr, tokenizer, c)
+    valid_el = ranking_elements(va, tokenizer, c)
+    held_el = ranking_elements(ho, tokenizer, c)
+    if not train_el:
+        raise SystemExit(f"rm: no usable training rankings in {path} (training labelers on "
+                         f"train-split prompts)")
+    model = ScalarHeadModel.from_causal_lm(init).to(device)
+    steps_per_epoch = -(-len(train_el) // c.batch_size)
+    total = steps_per_epoch * c.epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=c.lr, betas=c.betas,
+                            weight_decay=c.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total, c.lr_final_ratio))
+    ckpt = Checkpoint(out)
+    state = ckpt.load()
+    step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        step = state["step"]
+        print(f"rm: resuming at step {step} from {ckpt.path}")
+    log = MetricsLog(out / "metrics.jsonl", resume_step=step)
+    order = random.Random(c.seed)
+    plan = [b for _ in range(c.epochs) for b in batches(train_el, c.batch_size, order)]
+    bar = tqdm(total=total, initial=step, desc="rm", unit="step")
+    model.train()
+    for i in range(step, total):
+        loss, stats = forward_batch(model, plan[i], pad)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{float(stats['rm/accuracy']):.2f}")
+        log.write({"step": i + 1, "lr": sched.get_last_lr()[0], **stats})
+        if (i + 1) % c.checkpoint_every == 0 and i + 1 < total:
+            ckpt.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                       "scheduler": sched.state_dict(), "rng": rng_state(), "step": i + 1})
+    bar.close()
+    # Bias: labeler demonstrations on training prompts score mean 0 (section 3.5).
+    from instructrl.stages.sft import sft_examples
+    demos = sft_examples(run, tokenizer, "train", c.max_prompt_tokens, c.max_response_tokens)
+    shift = normalise_bias(model, demos, pad, c.batch_size) if demos else 0.0
+    results = {
+        "train_rankings": len(train_el), "bias_shift": shift, "bias": float(model.bias),
+        "valid": pairwise_accuracy(model, valid_el, pad, c.batch_size),
+        "heldout_labelers": pairwise_accuracy(model, held_el, pad, c.batch_size),
+    }
+    model.save_pretrained(out, tokenizer)
+    atomic_write_text(out / "eval.json", json.dumps(results, indent=1) + "\n")
+    ckpt.remove()
+    run.mark_done("rm", rankings=str(path))
+    for name in ("valid", "heldout_labelers"):
+        acc = results[name].get("all")
+        if acc:
+            print(f"rm: pairwise accuracy on {name.replace('_', ' ')}: "
+                  f"{acc['accuracy']:.3f} over {acc['pairs']} pairs")
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    p.add_argument("--init", default=None, help="model to start from (default: RUN/sft)")
+    p.add_argument("--rankings", default=None,
+                   help="rankings jsonl (default: RUN/data/rankings.jsonl)")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.recipe, args.overrides)
+    rd = RunDir(args.out)
+    t0 = time.time()
+    train(cfg, rd, args.init or rd.stage("sft"), args.rankings)
+    print(f"rm: {time.time() - t0:.1f}s")
+    return 0

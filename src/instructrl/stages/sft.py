@@ -1,0 +1,219 @@
+"""Stage 1: supervised fine-tuning on labeler demonstrations (paper section 3.5, App. C.1).
+
+    instructrl sft --out RUN [--init DIR]          train, one checkpoint per epoch
+    instructrl sft select --out RUN --rm RUN/rm    pick the epoch by reward-model score
+
+The loss is taken on response tokens only. Paper defaults: 16 epochs, cosine decay to 10 % of
+the peak LR with no warmup, residual dropout 0.2, Adam betas (0.9, 0.95). Every epoch is kept
+under sft/epochs/NN; the model at sft/ is the selected epoch: by validation loss right after
+training, and by mean RM score on validation prompts once `sft select` ran (the paper selects
+by RM score, App. C.1: validation loss keeps rising after epoch 1 while quality improves).
+The RL initialisation of App. C.3 is the same stage with `sft.ptx_fraction: 0.1`, 2 epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from instructrl.cli import add_common
+from instructrl.config import RunConfig, load_config
+from instructrl.data.jsonl import atomic_write_text
+from instructrl.losses import sft_loss
+from instructrl.modeling import load_causal_lm, load_tokenizer, save_pretrained_atomic
+from instructrl.rundir import RunDir, join_prompts
+from instructrl.stages.common import (Checkpoint, MetricsLog, batches, collate, cosine_lambda,
+                                      read_metrics, rng_state, seed_everything, set_rng_state)
+from instructrl.templates import encode_example
+
+
+def sft_examples(run: RunDir, tokenizer, split: str, max_prompt_tokens: int,
+                 max_response_tokens: int) -> list[tuple[list, list]]:
+    """(query ids, response ids) for each demonstration on a prompt of `split`."""
+    prompts = run.prompts_by_id()
+    out = []
+    for prompt, demo in join_prompts(run.demonstrations(), prompts,
+                                     str(run.data / "demonstrations.jsonl")):
+        if prompt.split == split:
+            out.append(encode_example(tokenizer, prompt.text, demo.response,
+                                      max_prompt_tokens, max_response_tokens))
+    return out
+
+
+def ptx_examples(texts: list[str], tokenizer, n: int, max_tokens: int, seed: int
+                 ) -> list[tuple[list, list]]:
+    """`n` pretraining chunks as (empty query, text) pairs, so the LM loss covers all of it."""
+    rng = random.Random(seed)
+    picked = [texts[rng.randrange(len(texts))] for _ in range(n)] if texts else []
+    return [([], tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens])
+            for t in picked]
+
+
+@torch.no_grad()
+def eval_loss(model, examples, pad_id: int, batch_size: int, device) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for chunk in batches(examples, batch_size):
+        ids, mask, resp, _ = (t.to(device) for t in collate(chunk, pad_id))
+        loss, stats = sft_loss(model(input_ids=ids, attention_mask=mask).logits, ids, resp)
+        n = float(stats["sft/tokens"])
+        total, count = total + float(loss) * n, count + n
+    return total / max(count, 1)
+
+
+def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
+    c = cfg.sft
+    out = run.stage("sft")
+    seed_everything(c.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(init)
+    model = load_causal_lm(init, dropout=c.dropout).to(device)
+    train_ex = sft_examples(run, tokenizer, "train", c.max_prompt_tokens, c.max_response_tokens)
+    valid_ex = sft_examples(run, tokenizer, "valid", c.max_prompt_tokens, c.max_response_tokens)
+    if not train_ex:
+        raise SystemExit(f"no demonstrations on train prompts in {run.data}")
+    if c.ptx_fraction > 0:  # App. C.3: mix pretraining data into the RL initialisation
+        n_ptx = round(len(train_ex) * c.ptx_fraction / (1 - c.ptx_fraction))
+        train_ex = train_ex + ptx_examples(run.ptx_texts(), tokenizer, n_ptx,
+                                           c.max_prompt_tokens + c.max_response_tokens, c.seed)
+    steps_per_epoch = -(-len(train_ex) // c.batch_size)
+    total = steps_per_epoch * c.epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=c.lr, betas=c.betas,
+                            weight_decay=c.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total, c.lr_final_ratio))
+    ckpt = Checkpoint(out)
+    state = ckpt.load()
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start_epoch = state["epoch"]
+        print(f"sft: resuming after epoch {start_epoch} from {ckpt.path}")
+    log = MetricsLog(out / "metrics.jsonl", resume_step=start_epoch * steps_per_epoch)
+    pad = tokenizer.pad_token_id
+    order = random.Random(c.seed)
+    for _ in range(start_epoch):  # replay the shuffles of finished epochs
+        batches(train_ex, c.batch_size, order)
+    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc="sft", unit="step")
+    for epoch in range(start_epoch, c.epochs):
+        model.train()
+        for chunk in batches(train_ex, c.batch_size, order):
+            ids, mask, resp, _ = (t.to(device) for t in collate(chunk, pad))
+            loss, stats = sft_loss(model(input_ids=ids, attention_mask=mask).logits, ids, resp)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.3f}")
+            log.write({"step": bar.n, "epoch": epoch + 1, "lr": sched.get_last_lr()[0], **stats})
+        val = eval_loss(model, valid_ex, pad, c.batch_size, device) if valid_ex else float("nan")
+        log.write({"step": bar.n, "epoch": epoch + 1, "val/loss": val})
+        save_pretrained_atomic(model, tokenizer, epoch_dir(out, epoch + 1))
+        ckpt.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                   "scheduler": sched.state_dict(), "rng": rng_state(), "epoch": epoch + 1})
+    bar.close()
+    sel = select(cfg, run, None)
+    ckpt.remove()
+    run.mark_done("sft", epochs=c.epochs, selected_epoch=sel["epoch"])
+    return out
+
+
+def _epoch_rows(out: Path) -> list[dict]:
+    return [r for r in read_metrics(out / "metrics.jsonl") if "val/loss" in r]
+
+
+def epoch_dir(out: Path, epoch: int) -> Path:
+    return out / "epochs" / f"{epoch:02d}"
+
+
+def install_epoch(out: Path, epoch: int, selection: dict) -> None:
+    """Make sft/ the model of `epoch`: copy its files over (each file replaced atomically; the
+    config and tokenizer are the same for every epoch, so only the weights change)."""
+    src = epoch_dir(out, epoch)
+    for f in src.iterdir():
+        if f.is_file():
+            tmp = out / f".{f.name}.tmp"
+            shutil.copyfile(f, tmp)
+            tmp.replace(out / f.name)
+    atomic_write_text(out / "selection.json", json.dumps(selection, indent=1) + "\n")
+
+
+@torch.no_grad()
+def select(cfg: RunConfig, run: RunDir, rm_dir: str | Path | None) -> dict:
+    """Pick the SFT epoch whose samples on validation prompts the RM scores highest."""
+    out = run.stage("sft")
+    rows = {r["epoch"]: r["val/loss"] for r in _epoch_rows(out)}
+    if rm_dir is None:
+        # NaN (no validation demonstrations) sorts last, so the last epoch wins then.
+        best = min(sorted(rows), key=lambda e: (rows[e] != rows[e], rows[e], -e))
+        sel = {"selected_by": "validation loss (no reward model yet)", "epoch": best,
+               "table": [{"epoch": e, "val_loss": v} for e, v in sorted(rows.items())]}
+        print(f"sft: no reward model given, selecting epoch {best} by validation loss")
+        install_epoch(out, best, sel)
+        return sel
+    from instructrl.generation import sample_texts, score_texts
+    from instructrl.modeling import ScalarHeadModel
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rm = ScalarHeadModel.from_pretrained(rm_dir).to(device).eval()
+    prompts = run.prompts("valid")
+    random.Random(cfg.sft.seed).shuffle(prompts)
+    texts = [p.text for p in prompts[:cfg.sft.select_prompts]]
+    c = cfg.sft
+    table = []
+    for epoch in tqdm(sorted(rows), desc="sft select", unit="epoch"):
+        path = epoch_dir(out, epoch)
+        tok = load_tokenizer(path)
+        policy = load_causal_lm(path).to(device).eval()
+        responses = sample_texts(policy, tok, texts, max_prompt_tokens=c.max_prompt_tokens,
+                                 max_new_tokens=c.max_response_tokens, seed=c.seed)
+        scores = score_texts(rm, tok, texts, responses, max_prompt_tokens=c.max_prompt_tokens,
+                             max_response_tokens=c.max_response_tokens)
+        table.append({"epoch": epoch, "rm_score": float(scores.mean()),
+                      "val_loss": rows[epoch]})
+    best = max(table, key=lambda r: r["rm_score"])
+    sel = {"selected_by": f"mean RM score on {len(texts)} validation prompts",
+           "rm": str(rm_dir), "epoch": best["epoch"], "table": table}
+    install_epoch(out, best["epoch"], sel)
+    print(f"{'epoch':>5} {'RM score':>9} {'val loss':>9}")
+    for r in table:
+        mark = "  <- selected" if r is best else ""
+        print(f"{r['epoch']:>5} {r['rm_score']:>9.3f} {r['val_loss']:>9.3f}{mark}")
+    return sel
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", nargs="?", choices=["train", "select"], default="train",
+                   help="train (default), or select the epoch by reward-model score")
+    add_common(p)
+    p.add_argument("--init", default=None,
+                   help="model to fine-tune (default: RUN/base, else the shipped sandbox base)")
+    p.add_argument("--rm", default=None, help="reward model dir for `select`")
+
+
+def default_init(run: RunDir) -> Path:
+    from instructrl.modeling import sandbox_base_model_path
+    return run.stage("base") if (run.stage("base") / "config.json").exists() \
+        else sandbox_base_model_path()
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.recipe, args.overrides)
+    rd = RunDir(args.out)
+    t0 = time.time()
+    if args.action == "select":
+        select(cfg, rd, args.rm)
+    else:
+        train(cfg, rd, args.init or default_init(rd))
+    print(f"sft {args.action}: {time.time() - t0:.1f}s")
+    return 0
