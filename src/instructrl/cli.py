@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("instructrl.stages.sft", "supervised fine-tuning on demonstrations; select epoch"),
     "rm": ("instructrl.stages.reward", "train the K-wise reward model on rankings"),
     "ppo": ("instructrl.stages.ppo", "PPO(-ptx) against the reward model"),
+    "label": ("instructrl.label.cli", "the labeling web app: serve, import, assign, export"),
 }
 
 
