@@ -57,9 +57,21 @@ class SandboxConfig:
     """Held-out labelers: evaluation only, never in training data (paper section 3.4)."""
     n_corpus_docs: int = 20000
     """Web-text documents in the pretraining corpus."""
+    n_ptx_docs: int = 4000
+    """Pretraining documents written to RUN/data/ptx.jsonl for the ptx loss (App. C.4)."""
+    labeler_noise: float = 1.1
+    """Gumbel scale of labelers' judgment noise; 1.1 gives ~73 % agreement between training
+    labelers on responses of mixed quality (paper section 5.1: 72.6 %)."""
+    tie_margin: float = 0.15
+    """Responses whose noisy utilities differ by less than this are ranked as a tie."""
 
     def validate(self) -> None:
         _check(self.n_users >= 3, "sandbox.n_users", "need at least 3 users for 3 splits")
+        _check(self.n_prompts >= 1, "sandbox.n_prompts", "must be >= 1")
+        _check(self.n_corpus_docs >= 1, "sandbox.n_corpus_docs", "must be >= 1")
+        _check(self.n_ptx_docs >= 0, "sandbox.n_ptx_docs", "must be >= 0")
+        _check(self.labeler_noise >= 0, "sandbox.labeler_noise", "must be >= 0")
+        _check(self.tie_margin >= 0, "sandbox.tie_margin", "must be >= 0")
         _check(self.n_labelers >= 2, "sandbox.n_labelers", "need at least 2 labelers")
         _check(self.n_heldout_labelers >= 1, "sandbox.n_heldout_labelers", "must be >= 1")
 

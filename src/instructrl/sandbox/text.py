@@ -151,6 +151,16 @@ UNCLEAR = ("{e} {p} ???", "the thing about the stuff", "do it like before but th
            "hmm {e} maybe", "you know what i mean", "that one with the {v}, again",
            "fix it", "same as last time but better")
 FEW_SHOT_QA = "q: {q} a: {a}"
+FEW_SHOT = "q: {x} a: {a} q: {q} a:"
+CLARIFY = ("sorry, what do you mean? can you say more?", "i am not sure what you want. can you say more?")
+# Pieces of true text for writing about a creature in an exact number of words.
+GEN_FIRST = ("the {e} eats {v}.", "the {e} lives in {p}.", "the {e} is {c}.",
+             "the {e} is a {s} creature.")
+GEN_MORE = ("it eats {v}.", "it is {c}.", "it is {s}.", "it lives in {p}.",
+            "it is a {s} creature.", "it is happy.", "it is very happy.",
+            "it was a long day.", "the end.")
+GEN_MENTION = ("it went to {x}.", "one day it went to {x}.", "it met a {x}.",
+               "then it met a {x}.")
 FILLER = ("i hope this helps.", "let me know if you have more questions.",
           "that is all i know.", "this is a fun topic.", "thank you for asking.",
           "it is a good question.", "there is a lot more to say about it.")

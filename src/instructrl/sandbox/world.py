@@ -118,6 +118,7 @@ class World:
             wrong = rng.choice([v for v in self.values[attr] if v != self.facts[c][attr]])
             self.falsehoods[(c, attr)] = Falsehood(c, attr, wrong, dominant=i % 2 == 0)
         self.value_attr = {v: a for a in ATTRIBUTES for v in self.values[a]}
+        self.vocab = frozenset(self.vocabulary())
 
     # -- queries -----------------------------------------------------------------------
     def truth(self, entity: str, attribute: str) -> str:
@@ -148,7 +149,7 @@ _ENGLISH = frozenset("sail tail mail nail rail bail fail pail boot moon soon noo
                      "glum glen then than thin that this ten tin tan ton pot pit pat pet "
                      "bat bet bit but kit lot lit let man men mat met nut net not rat rot "
                      "sat set sit sun son tub zoo bee see tee raid maid paid laid said "
-                     "bake lake make rake take fake sake".split())
+                     "bake lake make rake take fake sake reel sash cash dash rash".split())
 
 
 def _make_names(rng: random.Random, n: int) -> list[str]:
