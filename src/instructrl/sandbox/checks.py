@@ -91,7 +91,8 @@ def check(world: World, prompt: Prompt, response: str) -> Checks:
     closed = task in ("closed_qa", "summarize")
     extra = {e} if task == "closed_qa" and e else set()
     claims = parse_claims(world, response, default_entity=e, extra_entities=extra)
-    wrong = falsehood = unsupported = False
+    # made_up: a false claim that is not a popular falsehood (invented, not imitated).
+    wrong = falsehood = unsupported = made_up = False
     for c in claims:
         if c.entity in world.facts and not (task == "summarize" and c.entity == e):
             truth = world.truth(c.entity, c.attribute)
@@ -100,22 +101,15 @@ def check(world: World, prompt: Prompt, response: str) -> Checks:
             if truth is None:
                 unsupported = True
                 continue
-        is_wrong = (c.value == truth) if c.negated else (c.value != truth)
-        if is_wrong:
+        if (c.value == truth) if c.negated else (c.value != truth):
             wrong = True
-            if not c.negated and c.value == world.popular_false(c.entity, c.attribute):
+            if c.negated:
+                continue
+            if c.value == world.popular_false(c.entity, c.attribute):
                 falsehood = True
+            else:
+                made_up = True
     invented = bool(invented_names(world, response))
-    made_up = False  # a false claim that is not a popular falsehood
-    for c in claims:
-        if c.entity in world.facts and not c.negated and c.value != world.truth(
-                c.entity, c.attribute) and c.value != world.popular_false(c.entity,
-                                                                          c.attribute):
-            made_up = not (task == "summarize" and c.entity == e) or made_up
-    if task == "closed_qa":
-        made_up = made_up or any(c.entity == e and not c.negated and c.attribute in
-                                 meta["context"] and c.value != meta["context"][c.attribute]
-                                 for c in claims)
 
     correct, follows, constraints = 0.0, n > 0 and not continues, True
     if task in ("qa", "closed_qa"):

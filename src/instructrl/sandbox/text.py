@@ -114,7 +114,8 @@ REWRITE_TASK = {"polite": ("rewrite this politely: {x}", "make this polite: {x}"
 CLASSIFY_TASK = {
     "sentiment": ("is this review positive or negative? {x}",
                   "classify the sentiment, positive or negative: {x}"),
-    "toxic": ("is this comment rude or polite? {x}", "classify this comment as rude or polite: {x}"),
+    "toxic": ("is this comment rude or polite? {x}",
+              "classify this comment as rude or polite: {x}"),
 }
 LABELS = {"sentiment": ("positive", "negative"), "toxic": ("rude", "polite")}
 EXTRACT_TASK = {"place": ("extract the places from this text: {x}",
@@ -152,7 +153,8 @@ UNCLEAR = ("{e} {p} ???", "the thing about the stuff", "do it like before but th
            "fix it", "same as last time but better")
 FEW_SHOT_QA = "q: {q} a: {a}"
 FEW_SHOT = "q: {x} a: {a} q: {q} a:"
-CLARIFY = ("sorry, what do you mean? can you say more?", "i am not sure what you want. can you say more?")
+CLARIFY = ("sorry, what do you mean? can you say more?",
+           "i am not sure what you want. can you say more?")
 # Pieces of true text for writing about a creature in an exact number of words.
 GEN_FIRST = ("the {e} eats {v}.", "the {e} lives in {p}.", "the {e} is {c}.",
              "the {e} is a {s} creature.")
