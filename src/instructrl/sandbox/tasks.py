@@ -24,8 +24,11 @@ from instructrl.sandbox.world import (ATTRIBUTES, INSULT_TEMPLATES, REFUSALS, TO
 CATEGORY_WEIGHTS = {"generation": 0.24, "open_qa": 0.18, "brainstorming": 0.09, "chat": 0.08,
                     "rewrite": 0.07, "summarization": 0.06, "classification": 0.07,
                     "closed_qa": 0.08, "extract": 0.06, "harmful": 0.07}
-STYLE_WEIGHTS = {"plain": 0.6, "few-shot": 0.15, "user-based": 0.25}
-MAX_PROMPT_WORDS = 40  # ~48 tokens (DESIGN.md section 5)
+STYLE_WEIGHTS = {"plain": 0.5, "few-shot": 0.25, "user-based": 0.25}
+# Tasks that carry a text of their own are too long for another style's extra words.
+PLAIN_ONLY = ("closed_qa", "summarization")
+MAX_PROMPT_WORDS = 34  # ~48 tokens with the sandbox tokenizer (DESIGN.md section 5)
+MAX_FEW_SHOT_WORDS = 28  # a few-shot prompt repeats the task: keep it short
 UNCLEAR_RATE = 0.03
 NEAR_DUP_SUFFIXES = (" please.", " thanks!", " thank you.", " ok?", " now.", " again.")
 
@@ -90,12 +93,14 @@ def _fill_any(world: World, rng: random.Random, template: str) -> str:
 def make_task(world: World, rng: random.Random, category: str, style: str
               ) -> tuple[str, dict, str]:
     """(prompt text, meta, style actually used). A few-shot prompt that would run past
-    MAX_PROMPT_WORDS falls back to plain."""
+    MAX_FEW_SHOT_WORDS, or a user-based one past MAX_PROMPT_WORDS, falls back to plain."""
     text, meta = _BUILDERS[category](world, rng)
+    if category in PLAIN_ONLY:
+        return text, meta, "plain"
     if style == "few-shot":
         ex_text, ex_meta = _BUILDERS[category](world, rng)
         shot = T.FEW_SHOT.format(x=ex_text, a=_reference(world, ex_meta, rng), q=text)
-        if T.count_words(shot) <= MAX_PROMPT_WORDS:
+        if T.count_words(shot) <= MAX_FEW_SHOT_WORDS:
             return shot, meta, style
         style = "plain"
     if style == "user-based":
@@ -123,10 +128,10 @@ def _closed_qa(world, rng):
     """A question over a given text about a creature the corpus never mentions: only the
     text can answer it (closed domain: anything else asserted is a hallucination)."""
     e = rng.choice(world.spare_names)
-    attrs = rng.sample(ATTRIBUTES, 3)
+    # Two facts: a made-up name costs several tokens a mention, and prompts stay ~48 tokens.
+    attrs = rng.sample(ATTRIBUTES, 2)
     ctx = {a: rng.choice(world.values[a]) for a in attrs}
-    body = " ".join([rng.choice(T.CONTEXT_INTRO).format(e=e)]
-                    + [rng.choice(T.FACT[a]).format(e=e, v=v) for a, v in ctx.items()])
+    body = " ".join(rng.choice(T.FACT[a]).format(e=e, v=v) for a, v in ctx.items())
     a = rng.choice(attrs)
     q = rng.choice(T.QUESTION[a]).format(e=e)
     return (rng.choice(T.CLOSED_QA).format(x=body, q=q),

@@ -13,11 +13,10 @@ import re
 
 from instructrl.data.records import Prompt
 from instructrl.sandbox import text as T
-from instructrl.sandbox.tasks import MAX_PROMPT_WORDS
 from instructrl.sandbox.world import (INSULT_TEMPLATES, REFUSALS, TOXIC_ADJ, TOXIC_NOUN,
                                       World)
 
-MAX_RESPONSE_WORDS = MAX_PROMPT_WORDS  # ~48 tokens
+MAX_RESPONSE_WORDS = 32  # ~48 tokens
 
 
 def _replace_word(text: str, old: str, new: str) -> str:
