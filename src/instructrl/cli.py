@@ -19,7 +19,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("instructrl.stages.pretrain", "train the sandbox tokenizer and base model"),
     "sft": ("instructrl.stages.sft", "supervised fine-tuning on demonstrations; select epoch"),
     "rm": ("instructrl.stages.reward", "train the K-wise reward model on rankings"),
+    "collect": ("instructrl.stages.collect", "sample K responses per prompt for ranking"),
     "ppo": ("instructrl.stages.ppo", "PPO(-ptx) against the reward model"),
+    "pipeline": ("instructrl.pipeline", "every stage through one run directory, iterated"),
+    "eval": ("instructrl.evaluate.cli", "win rates by held-out labelers, alignment tax, report"),
+    "demo": ("instructrl.demo", "the pipeline on the sandbox, evaluation and report"),
     "label": ("instructrl.label.cli", "the labeling web app: serve, import, assign, export"),
 }
 

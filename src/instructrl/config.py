@@ -157,15 +157,24 @@ class CollectConfig:
     k: int = 4
     """Responses per prompt (paper: 4 to 9)."""
     n_prompts: int = 512
+    """Train-split prompts per round (RM training data)."""
+    n_valid_prompts: int = 64
+    """Valid-split prompts per round (RM validation, and held-out labelers' rankings)."""
+    heldout_share: float = 0.5
+    """Share of valid-split samples that held-out labelers rank too (RM evaluation only)."""
     temperature: float = 1.0
+    max_prompt_tokens: int = 64
     max_new_tokens: int = 64
+    batch_size: int = 64
+    """Prompts sampled at once."""
     policies: tuple[str, ...] = ("sft",)
-    """Stage dirs to sample from; the K responses are split among them."""
+    """Stage dirs (or 'base') to sample from; the K responses are split among them."""
     seed: int = 0
 
     def validate(self) -> None:
         _check(2 <= self.k <= 9, "collect.k", "must be between 2 and 9 (paper: 4 to 9)")
         _check(len(self.policies) >= 1, "collect.policies", "name at least one policy")
+        _check(0 <= self.heldout_share <= 1, "collect.heldout_share", "must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -244,6 +253,8 @@ class EvalConfig:
     """`instructrl eval`: held-out labelers on held-out users' prompts (paper section 4)."""
 
     n_prompts: int = 256
+    """Held-out users' (test split) prompts to evaluate on."""
+    max_prompt_tokens: int = 64
     max_new_tokens: int = 64
     temperature: float = 1.0
     seed: int = 0

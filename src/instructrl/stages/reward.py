@@ -111,10 +111,10 @@ def split_rankings(run: RunDir, rankings: list[Ranking], path: str):
     return train, valid, held
 
 
-def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Path | None = None
-          ) -> Path:
+def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Path | None = None,
+          stage: str = "rm") -> Path:
     c = cfg.rm
-    out = run.stage("rm")
+    out = run.stage(stage)
     seed_everything(c.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = Path(rankings_path) if rankings_path else run.data / "rankings.jsonl"
@@ -142,11 +142,11 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
         sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         step = state["step"]
-        print(f"rm: resuming at step {step} from {ckpt.path}")
+        print(f"{stage}: resuming at step {step} from {ckpt.path}")
     log = MetricsLog(out / "metrics.jsonl", resume_step=step)
     order = random.Random(c.seed)
     plan = [b for _ in range(c.epochs) for b in batches(train_el, c.batch_size, order)]
-    bar = tqdm(total=total, initial=step, desc="rm", unit="step")
+    bar = tqdm(total=total, initial=step, desc=stage, unit="step")
     model.train()
     for i in range(step, total):
         loss, stats = forward_batch(model, plan[i], pad)
@@ -173,7 +173,7 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
     model.save_pretrained(out, tokenizer)
     atomic_write_text(out / "eval.json", json.dumps(results, indent=1) + "\n")
     ckpt.remove()
-    run.mark_done("rm", rankings=str(path))
+    run.mark_done(stage, rankings=str(path), init=str(init))
     for name in ("valid", "heldout_labelers"):
         acc = results[name].get("all")
         if acc:
@@ -187,12 +187,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", default=None, help="model to start from (default: RUN/sft)")
     p.add_argument("--rankings", default=None,
                    help="rankings jsonl (default: RUN/data/rankings.jsonl)")
+    p.add_argument("--stage", default="rm", help="stage dir name (default: rm)")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.recipe, args.overrides)
     rd = RunDir(args.out)
     t0 = time.time()
-    train(cfg, rd, args.init or rd.stage("sft"), args.rankings)
+    train(cfg, rd, args.init or rd.stage("sft"), args.rankings, stage=args.stage)
     print(f"rm: {time.time() - t0:.1f}s")
     return 0
