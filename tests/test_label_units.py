@@ -1,0 +1,137 @@
+"""Labeling app, pure parts: form parsing, agreement, the samples format."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from instructrl.errors import InputError
+from instructrl.label import forms
+from instructrl.label.agreement import agreement, pair_agreement
+from instructrl.label.samples import SampleSet, parse_rows, text_rows
+from instructrl.label.store import display_order
+
+
+def rank_form(k=4, ranking="[[0],[1,2],[3]]", **extra):
+    f = {f"likert_{i}": [str(i + 2)] for i in range(k)}
+    f["ranking"] = [ranking]
+    f.update({key: v if isinstance(v, list) else [v] for key, v in extra.items()})
+    return f
+
+
+def test_parse_ranking_fields():
+    out = forms.parse_ranking(rank_form(flags_2=["sexual", "hallucination", "sexual"],
+                                        critique="too long\r\nand wrong", csrf_token="x"), 4)
+    assert out["ranking"] == [[0], [1, 2], [3]]
+    assert out["likert"] == [2, 3, 4, 5]
+    # canonical FLAGS order, repeats dropped; CRLF from browsers normalised
+    assert out["flags"] == [[], [], ["hallucination", "sexual"], []]
+    assert out["critique"] == "too long\nand wrong"
+    assert forms.parse_ranking(rank_form(critique="   "), 4)["critique"] is None
+
+
+@pytest.mark.parametrize("ranking,msg", [
+    ("[[0],[1],[2]]", "missing [3]"),
+    ("[[0],[1,2],[3],[1]]", "repeated [1]"),
+    ("[[0],[1,2],[7]]", "unknown response 7"),
+    ("[[0],[],[1,2,3]]", "non-empty"),
+    ("[[0],[1,2],[true]]", "response indices"),
+    ("0,1,2,3", "not JSON"),
+    ("[]", "non-empty"),
+])
+def test_parse_ranking_rejects_non_permutations(ranking, msg):
+    with pytest.raises(InputError, match=re.escape(msg)) as e:
+        forms.parse_ranking(rank_form(ranking=ranking), 4)
+    assert e.value.field == "ranking"
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"likert_0": "0"}, "likert_0"), ({"likert_1": "8"}, "likert_1"),
+    ({"likert_2": "3.5"}, "likert_2"), ({"likert_3": ""}, "likert_3"),
+    ({"likert_0": ["3", "4"]}, "likert_0"), ({"likert_9": "3"}, "likert_9"),
+    ({"flags_4": "sexual"}, "flags_4"), ({"flags_x": "sexual"}, "flags_x"),
+    ({"flags_0": "rude"}, "flags_0"), ({"comment": "hi"}, "comment"),
+])
+def test_parse_ranking_rejects_bad_fields(change, field):
+    with pytest.raises(InputError) as e:
+        forms.parse_ranking(rank_form(**change), 4)
+    assert e.value.field == field
+
+
+def test_parse_ranking_requires_every_likert():
+    f = rank_form()
+    del f["likert_2"]
+    with pytest.raises(InputError, match="missing") as e:
+        forms.parse_ranking(f, 4)
+    assert e.value.field == "likert_2"
+
+
+def test_parse_edit_demo_skip():
+    assert forms.parse_edit({"base": ["1"], "text": ["better"]}, ["a", "b"]) == (1, "better")
+    with pytest.raises(InputError, match="identical"):
+        forms.parse_edit({"base": ["1"], "text": [" b "]}, ["a", "b"])
+    with pytest.raises(InputError, match="unknown response"):
+        forms.parse_edit({"base": ["2"], "text": ["x"]}, ["a", "b"])
+    with pytest.raises(InputError, match="unknown response"):
+        forms.parse_edit({"base": ["²"], "text": ["x"]}, ["a", "b"])
+    assert forms.parse_demonstration({"response": ["hello"]}) == "hello"
+    with pytest.raises(InputError, match="empty"):
+        forms.parse_demonstration({"response": ["  \n"]})
+    with pytest.raises(InputError, match="longer"):
+        forms.parse_demonstration({"response": ["x" * (forms.MAX_TEXT + 1)]})
+    assert forms.parse_skip({"reason": [" unclear "]}) == "unclear"
+    with pytest.raises(InputError, match="missing"):
+        forms.parse_skip({})
+
+
+def test_pair_agreement_by_hand():
+    # a: 0 > 1 > 2 > 3; b: 1 > 0 > 2 = 3. Pairs: (0,1) disagree, (0,2) agree, (0,3) agree,
+    # (1,2) agree, (1,3) agree, (2,3) tied in b -> left out.
+    assert pair_agreement([[0], [1], [2], [3]], [[1], [0], [2, 3]]) == (4, 5)
+    assert pair_agreement([[0, 1]], [[1], [0]]) == (0, 0)
+
+
+def test_agreement_overall_and_per_labeler():
+    rows = [("s1", "ann", [[0], [1], [2]]), ("s1", "bob", [[0], [2], [1]]),
+            ("s2", "ann", [[1], [0]]), ("s2", "cat", [[1], [0]]),
+            ("s3", "bob", [[0], [1]])]  # s3 has one labeler: no overlap
+    a = agreement(rows)
+    # s1: (0,1) agree, (0,2) agree, (1,2) disagree -> 2/3; s2: 1/1. Total 3/4.
+    assert a["rate"] == pytest.approx(0.75) and a["pairs"] == 4 and a["items"] == 2
+    assert a["per_labeler"]["ann"] == {"rate": pytest.approx(0.75), "pairs": 4}
+    assert a["per_labeler"]["bob"] == {"rate": pytest.approx(2 / 3), "pairs": 3}
+    assert agreement([("s3", "bob", [[0], [1]])])["rate"] is None
+
+
+def test_samples_format_strict():
+    good = {"prompt_id": "p1", "responses": [{"text": "a", "policy": "sft"},
+                                             {"text": "b", "policy": "ppo"}]}
+    ss = SampleSet.from_dict(good)
+    assert ss.to_dict() == good and len(ss.key()) == 64
+    assert SampleSet.from_dict(json.loads(json.dumps(good))).key() == ss.key()
+    bad = [({**good, "extra": 1}, "extra"), ({"responses": good["responses"]}, "prompt_id"),
+           ({**good, "responses": good["responses"][:1]}, "responses"),
+           ({**good, "responses": [{"text": "a"}, {"text": "b", "policy": "x"}]},
+            "responses[0].policy"),
+           ({**good, "responses": [{"text": " ", "policy": "x"}, {"text": "b", "policy": "x"}]},
+            "responses[0].text"),
+           ({**good, "responses": [{"text": "a", "policy": "x", "logp": 1}] * 2},
+            "responses[0].logp")]
+    for d, field in bad:
+        with pytest.raises(InputError) as e:
+            SampleSet.from_dict(d)
+        assert e.value.field == field, d
+    text = json.dumps(good) + "\n\n" + json.dumps({**good, "prompt_id": ""}) + "\n"
+    with pytest.raises(InputError, match=r"up\.jsonl:3: field 'prompt_id'"):
+        parse_rows(text_rows(text, "up.jsonl"), "up.jsonl", SampleSet.from_dict)
+    with pytest.raises(InputError, match=r"up\.jsonl:1: not valid JSON"):
+        text_rows("{nope", "up.jsonl")
+
+
+def test_display_order_is_a_stable_permutation():
+    orders = {tuple(display_order(t, 4)) for t in range(50)}
+    assert all(sorted(o) == [0, 1, 2, 3] for o in orders)
+    assert len(orders) > 5  # shuffled per task, not one fixed order
+    assert display_order(7, 4) == display_order(7, 4)
