@@ -13,7 +13,7 @@ import contextlib
 from typing import Iterator
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session
 
 from instructrl.errors import InputError
@@ -23,12 +23,25 @@ DEFAULT_URL = "sqlite:///labels.db"
 _IMMEDIATE = "instructrl_begin_immediate"
 
 
+def normalize_url(url: str) -> URL:
+    """sqlite:///PATH or postgresql://...; a bare postgresql:// means psycopg2 (SQLAlchemy 2.1
+    would otherwise pick psycopg 3, which the project does not install)."""
+    try:
+        u = make_url(url)
+    except Exception:
+        raise InputError(f"not a database URL: {url!r}", field="--db") from None
+    if u.get_backend_name() not in ("sqlite", "postgresql"):
+        raise InputError(f"unsupported database {u.get_backend_name()!r}: use sqlite:///PATH "
+                         "or postgresql://USER@HOST:PORT/DB", field="--db")
+    if u.drivername == "postgresql":
+        u = u.set(drivername="postgresql+psycopg2")
+    return u
+
+
 def make_engine(url: str = DEFAULT_URL) -> Engine:
     """An engine for `url`, with the schema created if missing."""
-    if not (url.startswith("sqlite") or url.startswith("postgresql")):
-        raise InputError(f"unsupported database URL {url.split(':', 1)[0]!r}: use "
-                         "sqlite:///PATH or postgresql://USER@HOST:PORT/DB", field="--db")
-    if url.startswith("sqlite"):
+    url = normalize_url(url)
+    if url.get_backend_name() == "sqlite":
         # timeout: how long a writer waits for the lock (sqlite3's busy handler).
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         _sqlite_setup(engine)
