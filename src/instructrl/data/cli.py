@@ -1,4 +1,5 @@
-"""`instructrl data prepare`: raw prompts -> RUN/data/prompts.jsonl (deduped, capped, split)."""
+"""`instructrl data prepare`: raw prompts -> RUN/data/prompts.jsonl (deduped, capped, split).
+`instructrl data import-pairs`: chosen/rejected pairs (HH-RLHF) -> K = 2 rankings (data/pairs.py)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="raw prompts jsonl (default: RUN/data/raw_prompts.jsonl)")
     prep.add_argument("--heldout-labelers", default=None, metavar="ID,ID",
                       help="labeler IDs to mark held out in RUN/data/labelers.jsonl")
+    imp = sub.add_parser("import-pairs", help="chosen/rejected pairs (HH-RLHF) as K = 2 rankings",
+                         description="Read {chosen, rejected} dialogues (Anthropic HH-RLHF "
+                                     "format) from a .jsonl/.jsonl.gz file or a Hugging Face "
+                                     "hub id and write RUN/data/prompts.jsonl, rankings.jsonl "
+                                     "(K = 2) and demonstrations.jsonl (the chosen responses of "
+                                     "train prompts, a stand-in). See instructrl.data.pairs.")
+    imp.add_argument("--in", dest="inp", required=True, metavar="SRC",
+                     help="a .jsonl or .jsonl.gz file, or a hub dataset id (e.g. Anthropic/hh-rlhf)")
+    imp.add_argument("--out", required=True, help="run directory (runs/<name>)")
+    imp.add_argument("--valid-fraction", type=float, default=0.2,
+                     help="fraction of distinct prompts put in the valid split (default 0.2)")
+    imp.add_argument("--category", default="other", help="category of every prompt (default other)")
+    imp.add_argument("--limit", type=int, default=None, help="read at most N pairs")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the split and response order")
+    imp.add_argument("--split", default="train", help="hub dataset split (hub ids only)")
+    imp.add_argument("--hub-data-dir", default=None,
+                     help="hub dataset sub-directory, e.g. harmless-base (hub ids only)")
+    imp.add_argument("--force", action="store_true", help="replace existing RUN/data files")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "import-pairs":
+        return run_import_pairs(args)
     cfg = load_config(args.recipe, args.overrides)
     data_dir = Path(args.out) / "data"
     src = Path(args.inp) if args.inp else data_dir / "raw_prompts.jsonl"
@@ -55,4 +76,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"labelers: {len(labelers) - len(held)} training, {len(held)} held out "
               f"({', '.join(held) or 'none'})")
     print(f"wrote {data_dir / 'prompts.jsonl'}")
+    return 0
+
+
+def run_import_pairs(args: argparse.Namespace) -> int:
+    from instructrl.data.pairs import import_pairs
+    imported = import_pairs(args.inp, args.out, valid_fraction=args.valid_fraction,
+                            category=args.category, seed=args.seed, limit=args.limit,
+                            split=args.split, hub_data_dir=args.hub_data_dir, force=args.force)
+    for line in imported.lines():
+        print(line)
+    print(f"wrote {Path(args.out) / 'data'}/{{prompts,rankings,demonstrations}}.jsonl")
     return 0
