@@ -407,6 +407,7 @@ def test_progress_agreement_and_export_split(world, tmp_path):
     a, _ = client(world, "admin")
     page = a.get("/admin").text
     assert "Inter-labeler agreement" in page and f"{100 * ag['train']['rate']:.1f} %" in page
+    assert "<td>4</td></tr>" in page.replace("\n", "") and "built-in" not in page
 
     # a pre-existing run labeler list is kept and merged
     write_records(tmp_path / "data" / "labelers.jsonl", [Labeler("sim1"), Labeler("bob")])

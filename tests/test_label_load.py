@@ -5,12 +5,15 @@ afterwards every label is in the database exactly once, as sent. On SQLite and o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import httpx
 import pytest
@@ -20,7 +23,7 @@ from instructrl.data.records import Ranking
 from instructrl.label import security, store
 from instructrl.label.app import create_app
 from instructrl.label.db import normalize_url, read, write
-from instructrl.label.models import Base, Label, Task, User
+from instructrl.label.models import Label, Task, User
 from instructrl.label.server import serve_in_thread
 from instructrl.label.testing import LabelerClient, make_prompts, make_samples, random_ranking
 
@@ -29,16 +32,27 @@ PASSWORD = "load-test-pass"
 PG_URL = os.environ.get("INSTRUCTRL_TEST_PG_URL")
 
 
-def fresh_db(backend: str, tmp_path) -> str:
+@contextlib.contextmanager
+def fresh_db(backend: str, tmp_path) -> Iterator[str]:
+    """An empty database: a file under tmp_path, or a schema of its own in the PostgreSQL test
+    database (dropped afterwards), so that concurrent test runs do not meet."""
     if backend == "sqlite":
-        return f"sqlite:///{tmp_path}/load.db"
+        yield f"sqlite:///{tmp_path}/load.db"
+        return
     if not PG_URL:
         pytest.skip("PostgreSQL load test: INSTRUCTRL_TEST_PG_URL is not set (`make test` runs "
                     "scripts/test-services.sh, which installs and starts a local PostgreSQL)")
-    engine = create_engine(normalize_url(PG_URL))
-    Base.metadata.drop_all(engine)  # a throwaway test database: start empty
-    engine.dispose()
-    return PG_URL
+    schema = f"load_{os.getpid()}_{secrets.token_hex(4)}"
+    admin = create_engine(normalize_url(PG_URL))
+    with admin.begin() as c:
+        c.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        url = normalize_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as c:
+            c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
 
 
 def seed(engine) -> None:
@@ -87,7 +101,11 @@ def labeler(base: str, i: int, start: threading.Barrier, ready: threading.Barrie
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_concurrent_labelers_every_label_once(backend, tmp_path):
-    url = fresh_db(backend, tmp_path)
+    with fresh_db(backend, tmp_path) as url:
+        run_load(backend, url)
+
+
+def run_load(backend: str, url: str) -> None:
     app = create_app(url)
     engine = app.state.engine
     try:
