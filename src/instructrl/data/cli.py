@@ -1,5 +1,5 @@
 """`instructrl data prepare`: raw prompts -> RUN/data/prompts.jsonl (deduped, capped, split).
-`instructrl data import-pairs`: chosen/rejected pairs (HH-RLHF) -> K = 2 rankings (data/pairs.py)."""
+`instructrl data import-pairs`: chosen/rejected pairs (HH-RLHF) -> K = 2 rankings (pairs.py)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                      "(K = 2) and demonstrations.jsonl (the chosen responses of "
                                      "train prompts, a stand-in). See instructrl.data.pairs.")
     imp.add_argument("--in", dest="inp", required=True, metavar="SRC",
-                     help="a .jsonl or .jsonl.gz file, or a hub dataset id (e.g. Anthropic/hh-rlhf)")
+                     help="a .jsonl or .jsonl.gz file, or a hub dataset id "
+                          "(e.g. Anthropic/hh-rlhf)")
     imp.add_argument("--out", required=True, help="run directory (runs/<name>)")
     imp.add_argument("--valid-fraction", type=float, default=0.2,
                      help="fraction of distinct prompts put in the valid split (default 0.2)")
