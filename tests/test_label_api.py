@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from instructrl.cli import main as cli_main
 from instructrl.data.jsonl import read_records, write_records
-from instructrl.data.records import Demonstration, Labeler, Ranking
+from instructrl.data.records import Demonstration, Labeler, Ranking, Response
 from instructrl.errors import InputError
 from instructrl.label import security, store
 from instructrl.label.app import create_app
@@ -409,29 +409,38 @@ def test_progress_agreement_and_export_split(world, tmp_path):
     assert "Inter-labeler agreement" in page and f"{100 * ag['train']['rate']:.1f} %" in page
     assert "<td>4</td></tr>" in page.replace("\n", "") and "built-in" not in page
 
-    # a pre-existing run labeler list is kept and merged
-    write_records(tmp_path / "data" / "labelers.jsonl", [Labeler("sim1"), Labeler("bob")])
-    counts = store.export_dir(eng, tmp_path / "data")
-    train = read_records(tmp_path / "data" / "rankings.jsonl", Ranking.from_dict)
-    held = read_records(tmp_path / "data" / "heldout" / "rankings.jsonl", Ranking.from_dict)
-    assert {r.labeler_id for r in train} == {"alice", "bob"} and len(train) == 8
+    # a run's existing labelers and rankings are kept; the app's are added once
+    data = tmp_path / "data"
+    write_records(data / "labelers.jsonl", [Labeler("sim1"), Labeler("bob")])
+    foreign = Ranking("p0", "sim1", [Response("x", "sft"), Response("y", "sft")], [[1], [0]])
+    write_records(data / "rankings.jsonl", [foreign])
+    counts = store.export_dir(eng, data)
+    train = read_records(data / "rankings.jsonl", Ranking.from_dict)
+    held = read_records(data / "heldout" / "rankings.jsonl", Ranking.from_dict)
+    assert train[0] == foreign and len(train) == 9
+    assert {r.labeler_id for r in train[1:]} == {"alice", "bob"}
     assert {r.labeler_id for r in held} == {"hank"} and len(held) == 4
-    labs = {x.id: x.heldout for x in read_records(tmp_path / "data" / "labelers.jsonl",
-                                                   Labeler.from_dict)}
+    labs = {x.id: x.heldout for x in read_records(data / "labelers.jsonl", Labeler.from_dict)}
     assert labs == {"sim1": False, "bob": False, "alice": False, "hank": True}
-    assert counts[str(tmp_path / "data" / "rankings.jsonl")] == 8
+    assert counts[str(data / "rankings.jsonl")] == 9
+    first = {p.name: p.read_text() for p in data.rglob("*.jsonl")}
+    store.export_dir(eng, data)  # again: nothing changes
+    assert {p.name: p.read_text() for p in data.rglob("*.jsonl")} == first
+    assert store.export_dir(eng, data, replace=True)[str(data / "rankings.jsonl")] == 8
     # the web download is the same file
     web = a.get("/admin/export/train/rankings.jsonl")
     assert web.status_code == 200 and "attachment" in web.headers["content-disposition"]
-    assert web.text == (tmp_path / "data" / "rankings.jsonl").read_text()
+    assert web.text == (data / "rankings.jsonl").read_text()
 
     # a labeler marked held-out later never has labels in training data again
     with write(eng) as s:
         s.scalar(select(User).where(User.name == "bob")).heldout = True
     later = store.export_records(eng)
     assert {r["labeler_id"] for r in later["train"]["rankings"]} == {"alice"}
+    before = {p: p.read_text() for p in data.rglob("*.jsonl")}
     with pytest.raises(InputError, match="heldout=False"):
-        store.export_dir(eng, tmp_path / "data")  # the run still lists bob as training
+        store.export_dir(eng, data, replace=True)  # the run still lists bob as training
+    assert {p: p.read_text() for p in data.rglob("*.jsonl")} == before  # nothing written
 
 
 def test_cli_create_import_assign_export(tmp_path, monkeypatch, capsys):
@@ -444,17 +453,18 @@ def test_cli_create_import_assign_export(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     prompts = make_prompts(3)
     write_records(run / "data" / "prompts.jsonl", prompts)
-    write_records(run / "collect" / "samples.jsonl", make_samples(prompts))
-    args = ["label", "import", "--db", db, "--run", str(run), "--samples",
-            str(run / "collect" / "samples.jsonl")]
-    assert cli_main(args) == 0 and "prompts: 3 new" in capsys.readouterr().out
-    assert cli_main(args) == 0 and "response sets: 0 new, 3 already there" in \
+    write_records(run / "collect-0" / "samples.jsonl", make_samples(prompts[:2]))
+    write_records(run / "collect-1" / "samples.jsonl", make_samples(prompts[1:], seed=1))
+    args = ["label", "import", "--db", db, "--run", str(run)]  # finds collect-*/samples.jsonl
+    assert cli_main(args) == 0
+    assert "prompts: 3 new, 0 already there; response sets: 4 new" in capsys.readouterr().out
+    assert cli_main(args) == 0 and "response sets: 0 new, 4 already there" in \
         capsys.readouterr().out
     (tmp_path / "bad.jsonl").write_text('{"prompt_id": "p0", "responses": "x"}\n')
     assert cli_main(["label", "import", "--db", db, "--samples", str(tmp_path / "bad.jsonl")]) == 2
     assert "bad.jsonl:1: field 'responses'" in capsys.readouterr().err
     assert cli_main(["label", "assign", "--db", db, "--kind", "rank"]) == 0
-    assert "assigned 3 new rank tasks" in capsys.readouterr().out
+    assert "assigned 4 new rank tasks" in capsys.readouterr().out
     assert cli_main(["label", "progress", "--db", db]) == 0
     assert "zed" in capsys.readouterr().out
     assert cli_main(["label", "export", "--db", db, "--out", str(run / "data")]) == 0

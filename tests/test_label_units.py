@@ -111,11 +111,14 @@ def test_samples_format_strict():
     ss = SampleSet.from_dict(good)
     assert ss.to_dict() == good and len(ss.key()) == 64
     assert SampleSet.from_dict(json.loads(json.dumps(good))).key() == ss.key()
+    # a policy may answer with nothing at all: that is a response to rank, not an error
+    empty = {**good, "responses": [{"text": "", "policy": "sft"}, good["responses"][1]]}
+    assert SampleSet.from_dict(empty).responses[0].text == ""
     bad = [({**good, "extra": 1}, "extra"), ({"responses": good["responses"]}, "prompt_id"),
            ({**good, "responses": good["responses"][:1]}, "responses"),
            ({**good, "responses": [{"text": "a"}, {"text": "b", "policy": "x"}]},
             "responses[0].policy"),
-           ({**good, "responses": [{"text": " ", "policy": "x"}, {"text": "b", "policy": "x"}]},
+           ({**good, "responses": [{"text": 3, "policy": "x"}, {"text": "b", "policy": "x"}]},
             "responses[0].text"),
            ({**good, "responses": [{"text": "a", "policy": "x", "logp": 1}] * 2},
             "responses[0].logp")]

@@ -101,7 +101,7 @@ def create_app(db: str = "sqlite:///labels.db", *, secure_cookies: bool = False,
                       expected: str | None = None) -> dict[str, list[str]]:
         """The form as {name: [values]}, after the CSRF check (files are not allowed here)."""
         check_origin(request)
-        form = await request.form(max_part_size=MAX_UPLOAD)
+        form = await request.form()
         out: dict[str, list[str]] = {}
         for k, v in form.multi_items():
             if isinstance(v, UploadFile):
@@ -134,7 +134,8 @@ def create_app(db: str = "sqlite:///labels.db", *, secure_cookies: bool = False,
         resp.headers["X-Frame-Options"] = "DENY"
         resp.headers["X-Content-Type-Options"] = "nosniff"
         resp.headers["Referrer-Policy"] = "same-origin"
-        resp.headers.setdefault("Cache-Control", "no-store")
+        if not request.url.path.startswith("/static/"):
+            resp.headers["Cache-Control"] = "no-store"  # pages hold CSRF tokens and labels
         return resp
 
     # ------------------------------------------------------------ login
@@ -251,7 +252,7 @@ def create_app(db: str = "sqlite:///labels.db", *, secure_cookies: bool = False,
     async def admin_import(request: Request):
         user = await need_user(request, admin=True)
         check_origin(request)
-        form = await request.form(max_part_size=MAX_UPLOAD)
+        form = await request.form(max_files=2)
         if not security.same(form.get("csrf_token"), user.csrf):
             raise HTTPError(403, "CSRF check failed: reload the page and submit again.")
         try:
@@ -312,7 +313,10 @@ def _import_uploads(engine, prompts, samples) -> store.ImportReport:
     def text(upload):
         if not isinstance(upload, UploadFile) or not upload.filename:
             return None, None
-        raw = upload.file.read()
+        raw = upload.file.read(MAX_UPLOAD + 1)  # uploads are spooled to disk, not memory
+        if len(raw) > MAX_UPLOAD:
+            raise InputError(f"larger than {MAX_UPLOAD >> 20} MiB: import it with "
+                             "`instructrl label import`", path=upload.filename)
         try:
             return raw.decode("utf-8"), upload.filename
         except UnicodeDecodeError:

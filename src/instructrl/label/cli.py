@@ -4,13 +4,15 @@
     instructrl label create-admin NAME             (password asked twice, or --password-stdin)
     instructrl label create-labeler NAME [--heldout]
     instructrl label import  --db ... [--run RUN | --prompts FILE] [--samples FILE ...]
+                             (--run: RUN/data/prompts.jsonl and RUN/collect-*/samples.jsonl)
     instructrl label assign  --db ... --kind rank|demo|edit [--labelers a,b | --pool train|heldout|all]
                              [--overlap N] [--split test] [--limit N]
     instructrl label progress --db ...
-    instructrl label export  --db ... --out RUN/data
+    instructrl label export  --db ... --out RUN/data [--replace]
 
 `export` writes demonstrations.jsonl and rankings.jsonl (training labelers) into OUT, which
-`instructrl sft` / `instructrl rm` read as they are, and the held-out labelers' into OUT/heldout/.
+`instructrl sft` / `instructrl rm` read as they are, the held-out labelers' into OUT/heldout/,
+and labelers.jsonl; records already in those files are kept unless --replace.
 The samples format is documented in `instructrl.label.samples`.
 """
 
@@ -50,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                            help="held-out labeler: evaluation only, labels never train")
         c.set_defaults(role=role)
     c = cmd("import", "import prompts and model samples (twice is a no-op)")
-    c.add_argument("--run", help="run directory: imports RUN/data/prompts.jsonl")
+    c.add_argument("--run", help="run directory: imports RUN/data/prompts.jsonl and every "
+                   "RUN/collect-*/samples.jsonl")
     c.add_argument("--prompts", help="a prompts.jsonl file")
     c.add_argument("--samples", action="append", default=[],
                    help="a samples file {prompt_id, responses: [{text, policy}]} (repeatable)")
@@ -63,8 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--split", choices=("train", "valid", "test"), help="only these prompts")
     c.add_argument("--limit", type=int, help="at most this many items")
     cmd("progress", "print progress per labeler and task kind, and agreement")
-    c = cmd("export", "write demonstrations.jsonl and rankings.jsonl (+ heldout/)")
+    c = cmd("export", "write demonstrations.jsonl and rankings.jsonl (+ heldout/, labelers.jsonl)")
     c.add_argument("--out", required=True, help="directory, e.g. RUN/data")
+    c.add_argument("--replace", action="store_true",
+                   help="overwrite the files with the app's records (default: keep the records "
+                        "already there and add the app's new ones)")
 
 
 def _password(args) -> str:
@@ -98,9 +104,15 @@ def run(args: argparse.Namespace) -> int:
         if args.run and args.prompts:
             raise InputError("give --run or --prompts, not both", field="--prompts")
         prompts = Path(args.run) / "data" / "prompts.jsonl" if args.run else args.prompts
-        if prompts is None and not args.samples:
+        samples = [Path(p) for p in args.samples]
+        if args.run:
+            samples += [p for p in sorted(Path(args.run).glob("collect-*/samples.jsonl"))
+                        if p not in samples]
+        if prompts is None and not samples:
             raise InputError("nothing to import: give --run, --prompts and/or --samples")
-        print(store.import_files(engine, prompts, args.samples))
+        for p in samples:
+            print(f"samples: {p}")
+        print(store.import_files(engine, prompts, samples))
     elif args.action == "assign":
         names = [n.strip() for n in args.labelers.split(",") if n.strip()] \
             if args.labelers else None
@@ -117,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{r['skipped']:>8} {r['pending']:>8}")
         print(json.dumps({"agreement": store.agreement_report(engine)}, indent=1))
     elif args.action == "export":
-        for path, n in store.export_dir(engine, args.out).items():
+        for path, n in store.export_dir(engine, args.out, replace=args.replace).items():
             print(f"{path}: {n} records")
     return 0
 

@@ -3,14 +3,15 @@
 Prompts: the project's prompt records (`Prompt`, one JSON object a line), e.g. RUN/data/prompts.jsonl.
 
 Samples: K model responses to one prompt, to be ranked (or edited) together; one JSON object
-a line, exactly these fields:
+a line, exactly these fields (`instructrl collect` writes them to RUN/collect-<round>/samples.jsonl):
 
     {"prompt_id": "p17", "responses": [{"text": "...", "policy": "sft"},
                                        {"text": "...", "policy": "ppo"}, ...]}
 
 - `prompt_id` names a prompt that is already imported or is in the same import;
 - `responses` holds 2 to 9 objects (paper section 3.5: K = 4 to 9; pairwise data is K = 2),
-  each exactly {text, policy}: the response text and the name of the model that wrote it.
+  each exactly {text, policy}: the response text (may be empty) and the name of the model
+  that wrote it.
 The order of `responses` is kept: rankings and Likert scores index into it. Unknown fields are
 errors (a typo must not silently drop data). Importing the same line twice is a no-op: a
 response set is identified by a hash of its prompt id and responses.
@@ -50,10 +51,9 @@ class SampleSet:
         if not MIN_K <= len(raw) <= MAX_K:
             raise InputError(f"need {MIN_K} to {MAX_K} responses, got {len(raw)}",
                              field="responses")
+        # An empty text is allowed: a policy can answer with EOS at once, and labelers should
+        # see (and rank) that.
         responses = [Response.from_dict(r, i) for i, r in enumerate(raw)]
-        for i, r in enumerate(responses):
-            if not r.text.strip():
-                raise InputError("empty response text", field=f"responses[{i}].text")
         return cls(prompt_id=pid, responses=responses)
 
     def key(self) -> str:

@@ -474,19 +474,31 @@ def export_records(engine: Engine) -> dict[str, dict[str, list[dict]]]:
     return out
 
 
-def export_dir(engine: Engine, out: str | os.PathLike) -> dict[str, int]:
+def export_dir(engine: Engine, out: str | os.PathLike, *, replace: bool = False
+               ) -> dict[str, int]:
     """Write OUT/demonstrations.jsonl and OUT/rankings.jsonl (training labelers: what
     `instructrl sft` / `instructrl rm` read, e.g. OUT = RUN/data), the held-out labelers' under
-    OUT/heldout/, and OUT/labelers.jsonl (merged with the labelers already listed there, so a
-    run's other labelers stay; a labeler listed with the other held-out flag is an error).
-    Each file is written atomically. Returns record counts by path."""
+    OUT/heldout/, and OUT/labelers.jsonl.
+
+    By default records already in those files (e.g. a run's earlier rounds) are kept and the
+    app's records are added unless already there, so exporting again changes nothing;
+    `replace` writes the app's records only. labelers.jsonl is always merged; a labeler listed
+    there with the other held-out flag is an InputError, raised before anything is written.
+    Each file is replaced atomically. Returns the record count of each file written."""
     out = Path(out)
     labelers = _merged_labelers(engine, out / "labelers.jsonl")
-    counts = {}
+    plan = []
     for split, files in export_records(engine).items():
         d = out if split == "train" else out / "heldout"
         for name, records in files.items():
-            counts[str(d / f"{name}.jsonl")] = write_records(d / f"{name}.jsonl", records)
+            path = d / f"{name}.jsonl"
+            if not replace and path.exists():
+                parse = Ranking.from_dict if name == "rankings" else Demonstration.from_dict
+                old = [r.to_dict() for r in read_records(path, parse)]
+                have = {json.dumps(r, sort_keys=True) for r in old}
+                records = old + [r for r in records if json.dumps(r, sort_keys=True) not in have]
+            plan.append((path, records))
+    counts = {str(path): write_records(path, records) for path, records in plan}
     counts[str(out / "labelers.jsonl")] = write_records(out / "labelers.jsonl", labelers)
     return counts
 

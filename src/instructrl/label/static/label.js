@@ -108,7 +108,7 @@
           const letter = document.createElement('span');
           letter.className = 'letter'; letter.textContent = c.letter;
           const prev = document.createElement('span');
-          prev.className = 'preview'; prev.textContent = c.preview;
+          prev.className = 'preview'; prev.textContent = c.preview || '(empty response)';
           card.append(letter, prev);
           card.addEventListener('keydown', e => {
             if (e.key === 'ArrowUp') { e.preventDefault(); move(idx, -1); }
