@@ -87,7 +87,11 @@ def run(args: argparse.Namespace) -> int:
     from instructrl.label.db import make_engine
 
     if args.action == "serve":
+        import logging
+
         import uvicorn
+        # Logins, failed logins and submissions (never passwords or tokens) go to stderr.
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
         from instructrl.label.app import create_app
         app = create_app(args.db, secure_cookies=args.secure_cookies)
