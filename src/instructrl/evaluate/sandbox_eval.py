@@ -23,7 +23,7 @@ from instructrl.data.records import Prompt
 from instructrl.evaluate.stats import mean_ci, rate
 from instructrl.generation import sample_texts, score_texts
 from instructrl.modeling import ScalarHeadModel, load_causal_lm, load_tokenizer
-from instructrl.rollout import pad_left
+from instructrl.rollout import pad_left, sample
 from instructrl.rundir import RunDir
 from instructrl.stages.common import batches, collate
 
@@ -65,11 +65,11 @@ def public_task_accuracy(model, tokenizer, items, batch_size: int = 32) -> float
     for chunk in batches(list(items), batch_size):
         ids, mask = pad_left([tokenizer(it.prompt, add_special_tokens=False)["input_ids"]
                               for it in chunk], tokenizer.pad_token_id)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             do_sample=False, max_new_tokens=4,
-                             pad_token_id=tokenizer.pad_token_id)
-        for it, row in zip(chunk, out[:, ids.shape[1]:]):
-            text = tokenizer.decode(row.tolist(), skip_special_tokens=True).strip()
+        out, out_mask = sample(model, ids.to(device), mask.to(device), max_new_tokens=4,
+                               temperature=0, eos_token_id=tokenizer.eos_token_id,
+                               pad_token_id=tokenizer.pad_token_id)
+        for it, row, m in zip(chunk, out, out_mask):
+            text = tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True).strip()
             hits.append(text.startswith(it.answer))
     return rate(hits)
 

@@ -155,7 +155,7 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
         opt.step()
         sched.step()
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{float(stats['rm/accuracy']):.2f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{float(stats['rm/accuracy']):.2f}")
         log.write({"step": i + 1, "lr": sched.get_last_lr()[0], **stats})
         if (i + 1) % c.checkpoint_every == 0 and i + 1 < total:
             ckpt.save({"model": model.state_dict(), "optimizer": opt.state_dict(),

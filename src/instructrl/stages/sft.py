@@ -114,7 +114,7 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
             opt.step()
             sched.step()
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.3f}")
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
             log.write({"step": bar.n, "epoch": epoch + 1, "lr": sched.get_last_lr()[0], **stats})
         val = eval_loss(model, valid_ex, pad, c.batch_size, device) if valid_ex else float("nan")
         log.write({"step": bar.n, "epoch": epoch + 1, "val/loss": val})
