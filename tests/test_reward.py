@@ -1,0 +1,197 @@
+"""Stage 2, the K-wise reward model (instructrl.stages.reward; paper section 3.5, App. C.2)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from instructrl.config import load_config
+from instructrl.data.jsonl import read_records, write_records
+from instructrl.data.records import Prompt, Ranking, Response
+from instructrl.generation import score_sequences
+from instructrl.modeling import ScalarHeadModel, load_tokenizer
+from instructrl.rundir import RunDir
+from instructrl.stages import reward
+from instructrl.templates import encode_example
+
+
+def rm_state(directory) -> dict[str, torch.Tensor]:
+    m = ScalarHeadModel.from_pretrained(directory)
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def test_bias_makes_demonstrations_score_zero_and_survives_save_load(tiny_run, make_cfg,
+                                                                     tiny_model_dir):
+    cfg = make_cfg()
+    run = RunDir(tiny_run)
+    out = reward.train(cfg, run, tiny_model_dir)
+    results = json.loads((out / "eval.json").read_text())
+    assert abs(results["bias_shift"]) > 1e-3  # without the bias the mean would be far off 0
+
+    rm = ScalarHeadModel.from_pretrained(out).eval()
+    assert float(rm.bias) == pytest.approx(results["bias"], abs=1e-7)
+    tok = load_tokenizer(out)
+    prompts = run.prompts_by_id()
+    seqs = [encode_example(tok, prompts[d.prompt_id].text, d.response, cfg.rm.max_prompt_tokens,
+                           cfg.rm.max_response_tokens)
+            for d in run.demonstrations() if prompts[d.prompt_id].split == "train"]
+    assert len(seqs) == 40
+    with torch.no_grad():
+        scores = torch.cat([score_sequences(rm, seqs[i:i + 7], tok.pad_token_id)
+                            for i in range(0, len(seqs), 7)])  # another batching than training's
+    assert abs(float(scores.double().mean())) < 1e-4
+    assert float(scores.std()) > 1e-3  # the scores themselves are not all 0
+
+
+def _element(tok, text: str, responses: list[str], ranking: list[list[int]], cfg):
+    prompt = Prompt(id="x", user_id="u", text=text, category="open_qa", split="train")
+    r = Ranking("x", "l", [Response(t, "sft") for t in responses], ranking)
+    return reward.ranking_elements([(prompt, r)], tok, cfg.rm)[0], r
+
+
+def test_kwise_batch_element_equals_explicit_pairwise_loss_on_the_model(tiny_model_dir):
+    cfg = load_config(None, ["rm.max_response_tokens=16", "rm.max_prompt_tokens=32"])
+    tok = load_tokenizer(tiny_model_dir)
+    specs = [  # ragged K, with and without ties
+        ("what does the zorp eat", ["fish", "the zorp eats fish", "caves", "red blue"],
+         [[1], [0], [3], [2]]),
+        ("where is the blip", ["in caves", "no", "yes it is", "the blip lives in caves"],
+         [[3], [0, 2], [1]]),
+        ("is a zorp red", ["yes", "no", "blue"], [[0], [2], [1]]),
+        ("what eats fish", ["the zorp", "a blip"], [[1], [0]]),
+    ]
+    built = [_element(tok, *s, cfg) for s in specs]
+    elements = [e for e, _ in built]
+    torch.manual_seed(0)
+    model = ScalarHeadModel.from_causal_lm(tiny_model_dir).eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    # The stage's K-wise element: all sequences of the batch through the model at once.
+    calls = []
+    hook = model.backbone.register_forward_hook(
+        lambda mod, args, kwargs, out: calls.append(kwargs["input_ids"].shape[0]),
+        with_kwargs=True)
+    loss, stats = reward.forward_batch(model, elements, tok.pad_token_id)
+    hook.remove()
+    assert calls == [sum(len(r.responses) for _, r in built)]  # 4+4+3+2 sequences, one pass
+    kwise_grads = torch.autograd.grad(loss, params)
+
+    # Explicit pairwise formulation: each pair through the model on its own, each prompt's
+    # pairs weighted 1/C(K,2) (1/|untied pairs| with ties), prompts averaged.
+    total = 0.0
+    n_pairs = 0
+    for el, r in built:
+        pairs = r.pairs()
+        if not any(len(g) > 1 for g in r.ranking):
+            assert len(pairs) == math.comb(len(r.responses), 2)
+        prompt_loss = 0.0
+        for w, l in pairs:
+            r_w = score_sequences(model, [el["seqs"][w]], tok.pad_token_id)[0]
+            r_l = score_sequences(model, [el["seqs"][l]], tok.pad_token_id)[0]
+            prompt_loss = prompt_loss - F.logsigmoid(r_w - r_l)
+        total = total + prompt_loss / len(pairs)
+        n_pairs += len(pairs)
+    pairwise = total / len(built)
+    pairwise_grads = torch.autograd.grad(pairwise, params)
+
+    assert int(stats["rm/pairs"]) == n_pairs == 6 + 5 + 3 + 1
+    assert float(loss) == pytest.approx(float(pairwise), abs=1e-6)
+    for p, g1, g2 in zip(params, kwise_grads, pairwise_grads):
+        assert g1.abs().max() > 0
+        torch.testing.assert_close(g1, g2, atol=1e-6, rtol=1e-4)
+
+
+def _poison(path, select) -> int:
+    """Reverse the ranking of every record `select` picks; returns how many it changed."""
+    rows = read_records(path, Ranking.from_dict)
+    out, n = [], 0
+    for r in rows:
+        if select(r):
+            r = Ranking(r.prompt_id, r.labeler_id, r.responses, list(reversed(r.ranking)))
+            n += 1
+        out.append(r)
+    write_records(path, out)
+    return n
+
+
+def test_heldout_labelers_and_validation_rankings_never_train(tiny_run, make_cfg,
+                                                              tiny_model_dir):
+    cfg = make_cfg()
+    run = RunDir(tiny_run)
+    clean = tiny_run.parent / "clean"
+    shutil.copytree(tiny_run / "data", clean / "data")
+    split = {p.id: p.split for p in run.prompts()}
+    reward.train(cfg, RunDir(clean), tiny_model_dir)
+
+    # Reverse every held-out labeler's ranking, and every validation-split ranking.
+    path = tiny_run / "data" / "rankings.jsonl"
+    assert _poison(path, lambda r: r.labeler_id == "l9") > 0
+    assert _poison(path, lambda r: split[r.prompt_id] == "valid" and r.labeler_id != "l9") > 0
+    out = reward.train(cfg, run, tiny_model_dir)
+    a, b = rm_state(out), rm_state(clean / "rm")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # Counts: trained on training labelers' train-split rankings only; evaluated on the rest.
+    rankings = run.rankings()
+    pairs = {"train": 0, "valid": 0, "held": 0}
+    n_train = 0
+    for r in rankings:
+        if r.labeler_id == "l9":
+            pairs["held"] += len(r.pairs())
+        elif split[r.prompt_id] in ("train", "valid"):
+            pairs[split[r.prompt_id]] += len(r.pairs())
+            n_train += split[r.prompt_id] == "train"
+    results = json.loads((out / "eval.json").read_text())
+    assert results["train_rankings"] == n_train
+    assert results["valid"]["all"]["pairs"] == pairs["valid"]
+    assert results["heldout_labelers"]["all"]["pairs"] == pairs["held"]
+
+    # Control: reversing one training ranking does change the model, so the check above can fail.
+    shutil.rmtree(clean / "rm")
+    first = next(r for r in rankings if r.labeler_id != "l9" and split[r.prompt_id] == "train")
+    assert _poison(clean / "data" / "rankings.jsonl",
+                   lambda r: r.prompt_id == first.prompt_id) == 1
+    reward.train(cfg, RunDir(clean), tiny_model_dir)
+    c = rm_state(clean / "rm")
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_eval_json_reports_pairwise_accuracy_on_valid_and_heldout_labelers(
+        tiny_run, make_cfg, tiny_model_dir):
+    cfg = make_cfg()
+    run = RunDir(tiny_run)
+    out = reward.train(cfg, run, tiny_model_dir)
+    results = json.loads((out / "eval.json").read_text())
+    rm = ScalarHeadModel.from_pretrained(out).eval()
+    tok = load_tokenizer(out)
+    prompts = run.prompts_by_id()
+
+    # Recount each accuracy from the saved RM, one ranking at a time.
+    want: dict[str, dict[str, list[int]]] = {"valid": {}, "heldout_labelers": {}}
+    for r in run.rankings():
+        p = prompts[r.prompt_id]
+        name = "heldout_labelers" if r.labeler_id == "l9" else (
+            "valid" if p.split == "valid" else None)
+        if name is None:
+            continue
+        seqs = [encode_example(tok, p.text, x.text, cfg.rm.max_prompt_tokens,
+                               cfg.rm.max_response_tokens) for x in r.responses]
+        with torch.no_grad():
+            s = score_sequences(rm, seqs, tok.pad_token_id).tolist()
+        for key in ("all", p.category):
+            h = want[name].setdefault(key, [0, 0])
+            for w, l in r.pairs():
+                h[0] += s[w] > s[l]
+                h[1] += 1
+    for name in ("valid", "heldout_labelers"):
+        got = results[name]
+        assert set(got) == {"all", "open_qa", "generation"}
+        for key, (hits, n) in want[name].items():
+            assert got[key]["pairs"] == n
+            assert got[key]["accuracy"] == pytest.approx(hits / n)
+            assert 0.0 <= got[key]["accuracy"] <= 1.0
