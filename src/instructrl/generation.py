@@ -5,6 +5,7 @@ evaluation); PPO works on token tensors directly (`instructrl.rollout`)."""
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 from instructrl.modeling import gather_last
 from instructrl.rollout import pad_left, sample
@@ -15,13 +16,14 @@ from instructrl.templates import encode_example, encode_prompt
 @torch.no_grad()
 def sample_texts(model, tokenizer, prompt_texts: list[str], *, max_prompt_tokens: int,
                  max_new_tokens: int, temperature: float = 1.0, batch_size: int = 64,
-                 seed: int = 0) -> list[str]:
+                 seed: int = 0, desc: str | None = None) -> list[str]:
     """One sampled response per prompt text (repeat a text to get several), deterministic
-    given `seed` and the batch layout."""
+    given `seed` and the batch layout. `desc` shows a progress bar."""
     device = next(model.parameters()).device
     model.eval()
     out: list[str] = []
-    for b, start in enumerate(range(0, len(prompt_texts), batch_size)):
+    starts = range(0, len(prompt_texts), batch_size)
+    for b, start in enumerate(tqdm(starts, desc=desc, unit="batch", disable=desc is None)):
         chunk = prompt_texts[start:start + batch_size]
         ids, mask = pad_left([encode_prompt(tokenizer, t, max_prompt_tokens) for t in chunk],
                              tokenizer.pad_token_id)

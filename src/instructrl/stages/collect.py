@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from instructrl.cli import add_common
 from instructrl.config import CollectConfig, RunConfig, load_config
@@ -64,7 +63,7 @@ def collect_samples(policies: dict[str, Path], prompts: list[Prompt], c: Collect
         owners = [p.id for p in prompts for _ in range(quota)]
         outs = sample_texts(model, tok, texts, max_prompt_tokens=c.max_prompt_tokens,
                             max_new_tokens=c.max_new_tokens, temperature=c.temperature,
-                            batch_size=c.batch_size, seed=seed)
+                            batch_size=c.batch_size, seed=seed, desc=f"collect {name}")
         for pid, text in zip(owners, outs):
             per_prompt[pid].append(Response(text=text, policy=name))
         del model

@@ -59,6 +59,30 @@ class Checkpoint:
             self.path.parent.rmdir()
 
 
+def adamw_cosine(model: torch.nn.Module, lr: float, betas: tuple[float, float],
+                 weight_decay: float, total_steps: int, final_ratio: float):
+    """AdamW with cosine decay to `final_ratio` of the peak and no warmup (SFT and RM)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total_steps, final_ratio))
+
+
+def save_training_state(ckpt: "Checkpoint", model, opt, sched, **progress: Any) -> None:
+    ckpt.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+               "scheduler": sched.state_dict(), "rng": rng_state(), **progress})
+
+
+def resume_training_state(ckpt: "Checkpoint", model, opt, sched) -> dict | None:
+    """Load what `save_training_state` saved into the live objects; the progress fields
+    (epoch, step) come back in the returned dict. None when there is no checkpoint."""
+    state = ckpt.load()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+    return state
+
+
 class MetricsLog:
     """metrics.jsonl, one object per step. On resume, rows past the checkpoint are dropped so
     the log reads as if the run had never stopped."""

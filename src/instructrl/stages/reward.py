@@ -32,8 +32,9 @@ from instructrl.losses import ranking_loss
 from instructrl.generation import score_sequences
 from instructrl.modeling import ScalarHeadModel, load_tokenizer
 from instructrl.rundir import RunDir, join_prompts
-from instructrl.stages.common import (Checkpoint, MetricsLog, batches, collate, cosine_lambda,
-                                      rng_state, seed_everything, set_rng_state)
+from instructrl.stages.common import (Checkpoint, MetricsLog, adamw_cosine, batches,
+                                      resume_training_state, save_training_state,
+                                      seed_everything)
 from instructrl.templates import encode_example
 
 
@@ -130,18 +131,11 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
     model = ScalarHeadModel.from_causal_lm(init).to(device)
     steps_per_epoch = -(-len(train_el) // c.batch_size)
     total = steps_per_epoch * c.epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=c.lr, betas=c.betas,
-                            weight_decay=c.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total, c.lr_final_ratio))
+    opt, sched = adamw_cosine(model, c.lr, c.betas, c.weight_decay, total, c.lr_final_ratio)
     ckpt = Checkpoint(out)
-    state = ckpt.load()
-    step = 0
+    state = resume_training_state(ckpt, model, opt, sched)
+    step = 0 if state is None else state["step"]
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        step = state["step"]
         print(f"{stage}: resuming at step {step} from {ckpt.path}")
     log = MetricsLog(out / "metrics.jsonl", resume_step=step)
     order = random.Random(c.seed)
@@ -158,8 +152,7 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
         bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{float(stats['rm/accuracy']):.2f}")
         log.write({"step": i + 1, "lr": sched.get_last_lr()[0], **stats})
         if (i + 1) % c.checkpoint_every == 0 and i + 1 < total:
-            ckpt.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                       "scheduler": sched.state_dict(), "rng": rng_state(), "step": i + 1})
+            save_training_state(ckpt, model, opt, sched, step=i + 1)
     bar.close()
     # Bias: labeler demonstrations on training prompts score mean 0 (section 3.5).
     from instructrl.stages.sft import sft_examples

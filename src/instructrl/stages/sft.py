@@ -29,8 +29,9 @@ from instructrl.data.jsonl import atomic_write_text
 from instructrl.losses import sft_loss
 from instructrl.modeling import load_causal_lm, load_tokenizer, save_pretrained_atomic
 from instructrl.rundir import RunDir, join_prompts
-from instructrl.stages.common import (Checkpoint, MetricsLog, batches, collate, cosine_lambda,
-                                      read_metrics, rng_state, seed_everything, set_rng_state)
+from instructrl.stages.common import (Checkpoint, MetricsLog, adamw_cosine, batches, collate,
+                                      read_metrics, resume_training_state,
+                                      save_training_state, seed_everything)
 from instructrl.templates import encode_example
 
 
@@ -85,18 +86,11 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
                                            c.max_prompt_tokens + c.max_response_tokens, c.seed)
     steps_per_epoch = -(-len(train_ex) // c.batch_size)
     total = steps_per_epoch * c.epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=c.lr, betas=c.betas,
-                            weight_decay=c.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total, c.lr_final_ratio))
+    opt, sched = adamw_cosine(model, c.lr, c.betas, c.weight_decay, total, c.lr_final_ratio)
     ckpt = Checkpoint(out)
-    state = ckpt.load()
-    start_epoch = 0
+    state = resume_training_state(ckpt, model, opt, sched)
+    start_epoch = 0 if state is None else state["epoch"]
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        start_epoch = state["epoch"]
         print(f"sft: resuming after epoch {start_epoch} from {ckpt.path}")
     log = MetricsLog(out / "metrics.jsonl", resume_step=start_epoch * steps_per_epoch)
     pad = tokenizer.pad_token_id
@@ -119,8 +113,7 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
         val = eval_loss(model, valid_ex, pad, c.batch_size, device) if valid_ex else float("nan")
         log.write({"step": bar.n, "epoch": epoch + 1, "val/loss": val})
         save_pretrained_atomic(model, tokenizer, epoch_dir(out, epoch + 1))
-        ckpt.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                   "scheduler": sched.state_dict(), "rng": rng_state(), "epoch": epoch + 1})
+        save_training_state(ckpt, model, opt, sched, epoch=epoch + 1)
     bar.close()
     sel = select(cfg, run, None)
     ckpt.remove()
