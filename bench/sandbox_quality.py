@@ -111,9 +111,8 @@ def outcome_counts(win: dict) -> tuple[int, int, int] | None:
     this form and pooling must not pretend)."""
     from instructrl.evaluate.stats import mean_ci
 
-    if "outcomes" in win:  # stored by the evaluation itself
-        xs = win["outcomes"]
-        return xs.count(1.0), xs.count(0.5), xs.count(0.0)
+    if {"wins", "ties", "losses"} <= win.keys():  # stored by the evaluation itself
+        return win["wins"], win["ties"], win["losses"]
     n, m, lo, hi = win["n"], win["mean"], win["low"], win["high"]
     if n < 2 or any(map(math.isnan, (m, lo, hi))):
         return None
