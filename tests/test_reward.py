@@ -17,6 +17,7 @@ from instructrl.generation import score_sequences
 from instructrl.modeling import ScalarHeadModel, load_tokenizer
 from instructrl.rundir import RunDir
 from instructrl.stages import reward
+from instructrl.stages.common import read_metrics
 from instructrl.templates import encode_example
 
 
@@ -195,3 +196,38 @@ def test_eval_json_reports_pairwise_accuracy_on_valid_and_heldout_labelers(
             assert got[key]["pairs"] == n
             assert got[key]["accuracy"] == pytest.approx(hits / n)
             assert 0.0 <= got[key]["accuracy"] <= 1.0
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_crash_matches_uninterrupted_run(tiny_run, make_cfg, tiny_model_dir,
+                                                      monkeypatch):
+    cfg = make_cfg("rm.checkpoint_every=3")
+    other = tiny_run.parent / "uninterrupted"
+    shutil.copytree(tiny_run / "data", other / "data")
+    reward.train(cfg, RunDir(other), tiny_model_dir)
+
+    calls = {"n": 0}
+    real = reward.forward_batch
+
+    def crash_at_step_5(*args, **kwargs):  # after the step-3 checkpoint and 4 metrics rows
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise Crash
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reward, "forward_batch", crash_at_step_5)
+    with pytest.raises(Crash):
+        reward.train(cfg, RunDir(tiny_run), tiny_model_dir)
+    out = tiny_run / "rm"
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["step"] == 3
+    monkeypatch.setattr(reward, "forward_batch", real)
+    reward.train(cfg, RunDir(tiny_run), tiny_model_dir)
+
+    a, b = rm_state(out), rm_state(other / "rm")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (out / "eval.json").read_text() == (other / "rm" / "eval.json").read_text()
+    assert read_metrics(out / "metrics.jsonl") == read_metrics(other / "rm" / "metrics.jsonl")
+    assert not (out / "checkpoint").exists()
