@@ -147,9 +147,7 @@ def final_ppo(out: Path, policy_dir: str) -> dict:
     """Mean RM score and KL over the last rows of the final PPO stage's metrics."""
     from instructrl.stages.common import read_metrics
 
-    path = Path(policy_dir)
-    if not path.exists():  # pipeline.json paths are as the run was named (maybe relative)
-        path = out / path.name
+    path = out / policy_dir  # pipeline.json paths are relative to the run directory
     rows = read_metrics(path / "metrics.jsonl")[-LAST_ROWS:]
     if not rows:
         return {"score": float("nan"), "kl": float("nan"), "stage": path.name}

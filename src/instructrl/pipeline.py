@@ -110,11 +110,16 @@ def run_pipeline(cfg: RunConfig, out: str | Path) -> dict:
                       rm=run.stage(rm_r), value=prev / "value", stage=stage, ptx_coef=coef)
             finals[name] = str(run.stage(stage))
         rm_dir = run.stage(rm_r)
-    summary = {"policies": finals, "rm": str(rm_dir), "base": str(base),
-               "timings": timer.summary()}
+    # Paths inside the run are stored relative to it, so the run directory can move.
+    summary = {"policies": {k: _rel(run, v) for k, v in finals.items()},
+               "rm": _rel(run, rm_dir), "base": str(base), "timings": timer.summary()}
     atomic_write_text(run.root / "pipeline.json", json.dumps(summary, indent=1) + "\n")
     print(timer.summary())
     return summary
+
+
+def _rel(run: RunDir, path: str | Path) -> str:
+    return str(Path(path).resolve().relative_to(run.root.resolve()))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -21,7 +21,8 @@ def evaluate_run(cfg, run: RunDir, timings: str = "") -> tuple[dict, str]:
     if not path.exists():
         raise InputError("no pipeline.json: run `instructrl pipeline` first", path=str(path))
     summary = json.loads(path.read_text())
-    results = evaluate(cfg, run, summary["policies"], summary["rm"])
+    policies = {k: run.root / v for k, v in summary["policies"].items()}
+    results = evaluate(cfg, run, policies, run.root / summary["rm"])
     report = write_report(run, results, timings)
     return results, f"{summary_table(results)}\nreport: {report}"
 

@@ -128,7 +128,9 @@ def evaluate(cfg: RunConfig, run: RunDir, policies: dict[str, str | Path], rm_di
         outcomes = [sb.heldout_judge(p, a, b, salt=f"win:{name}").score
                     for p, a, b in zip(prompts, ours, theirs)]
         m, lo, hi = mean_ci(outcomes)
-        results[name]["win_rate"] = {"mean": m, "low": lo, "high": hi, "n": len(outcomes)}
+        results[name]["win_rate"] = {"mean": m, "low": lo, "high": hi, "n": len(outcomes),
+                                     "wins": outcomes.count(1.0), "ties": outcomes.count(0.5),
+                                     "losses": outcomes.count(0.0)}
     return {"n_prompts": len(prompts), "baseline": baseline,
             "judges": [lab.id for lab in sb.heldout_labelers],
             "policies": results,

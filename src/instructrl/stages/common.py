@@ -93,10 +93,12 @@ class MetricsLog:
         rows = []
         if resume_step is not None and self.path.exists():
             for line in self.path.read_text().splitlines():
-                if line.strip():
+                try:
                     row = json.loads(line)
-                    if row.get(key, 0) <= resume_step:
-                        rows.append(line + "\n")
+                except json.JSONDecodeError:  # a row cut off by a kill, or a blank line
+                    continue
+                if row.get(key, 0) <= resume_step:
+                    rows.append(line + "\n")
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(rows))
         os.replace(tmp, self.path)

@@ -40,8 +40,8 @@ from instructrl.cli import add_common
 from instructrl.config import PPOConfig, RunConfig, load_config
 from instructrl.data.records import Prompt
 from instructrl.losses import (AdaptiveKLController, FixedKLController, gae, masked_mean,
-                               masked_whiten, per_token_rewards, ppo_policy_loss, ptx_loss,
-                               value_loss)
+                               masked_var, masked_whiten, per_token_rewards, ppo_policy_loss,
+                               ptx_loss, value_loss)
 from instructrl.modeling import (ScalarHeadModel, load_causal_lm, load_tokenizer,
                                  save_pretrained_atomic)
 from instructrl.rollout import (Rollout, pad_left, response_logprobs, response_scores,
@@ -143,6 +143,9 @@ def train_minibatch(m: Models, r: Rollout, adv, returns, idx, c: PPOConfig, ptx_
         pg, pstats = ppo_policy_loss(logp, r.logprobs[mi], adv[mi], mask, c.cliprange)
         v = response_values(m.value, *args)
         vf, vstats = value_loss(v, r.values[mi], returns[mi], mask, c.cliprange_value)
+        # Not a mean, so not accumulated: a micro-batch's own variance ratio depends on the
+        # micro-batch size (0/0 for one 1-token response); `train` reports the batch's.
+        vstats.pop("val/var_explained")
         loss = pg + c.vf_coef * vf
         if not torch.isfinite(loss):
             raise NonFiniteError("PPO loss")
@@ -251,6 +254,11 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
             rewards = masked_whiten(rewards, r.response_mask, shift_mean=False)
         adv, returns = gae(rewards, r.values, r.response_mask, c.gamma, c.lam)
         adv = masked_whiten(adv, r.response_mask)
+        # Explained variance of the rollout's values over the whole batch (baselines'
+        # explained_variance), independent of how the batch is split into micro-batches.
+        stats["val/var_explained"] = 1 - (
+            masked_var(returns - r.values, r.response_mask, unbiased=False)
+            / masked_var(returns, r.response_mask, unbiased=False).clamp(min=1e-8))
         _check_finite(stats, stage, it, ckpt)
         m.policy.train()
         m.value.train()
