@@ -102,3 +102,27 @@ def test_batch_indices_cover_each_pass_once():
     assert sorted(seen[:10].tolist()) == list(range(10))
     assert sorted(seen[10:].tolist()) == list(range(10))
     assert not torch.equal(seen[:10], seen[10:])
+
+
+def test_shipped_base_model_is_loadable_and_knows_the_current_corpus():
+    """The base model in the package was trained on today's sandbox corpus; when the corpus
+    generator changes, this fails until it is retrained with the command in provenance.json."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from instructrl.modeling import sandbox_base_model_path
+    from instructrl.sandbox.corpus import corpus
+    from instructrl.sandbox.world import World
+    from instructrl.stages.pretrain import corpus_fingerprint
+
+    path = sandbox_base_model_path()
+    prov = json.loads((path / "provenance.json").read_text())
+    seed, n_docs = prov["sandbox"]["seed"], prov["sandbox"]["n_corpus_docs"]
+    assert corpus_fingerprint(corpus(World(seed=seed), n_docs, seed=seed)) == \
+        prov["corpus_fingerprint"], f"stale sandbox base model; retrain: {prov['command']}"
+    assert prov["heldout_loss"] < 1.0
+    tok = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    ids = tok(["the kund eats"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert logits.shape == (1, ids.shape[1], len(tok)) and torch.isfinite(logits).all()

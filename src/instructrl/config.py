@@ -95,7 +95,8 @@ class PretrainConfig:
     seq_len: int = 128
     """Tokens per packed training sequence (documents joined as <bos> doc <eos> ...)."""
     batch_size: int = 32
-    steps: int = 3000
+    steps: int = 1800
+    """~10 passes over the default sandbox corpus (recipes/pretrain-sandbox.yaml)."""
     lr: float = 3e-3
     warmup_steps: int = 100
     """Linear warmup from 0, then cosine decay to lr * lr_final_ratio at `steps`."""
@@ -107,7 +108,7 @@ class PretrainConfig:
     """Held-out documents (a disjoint stream of the sandbox corpus) for the validation loss."""
     log_every: int = 10
     """Steps between metrics.jsonl rows (mean training loss over the window)."""
-    checkpoint_every: int = 250
+    checkpoint_every: int = 200
     """Steps between resumable checkpoints in OUT/base/checkpoint/."""
     seed: int = 0
 

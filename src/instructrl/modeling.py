@@ -28,6 +28,8 @@ from instructrl.errors import InputError
 
 SCALAR_HEAD_WEIGHTS = "scalar_head.safetensors"
 SCALAR_HEAD_CONFIG = "scalar_head.json"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 # -- paths --------------------------------------------------------------------------------
@@ -64,6 +66,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; a run dir should read like any dir
     try:
         yield tmp
     except BaseException:

@@ -92,6 +92,13 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def _last_logits_only(model) -> dict:
+    """Ask for the last position's logits only where the model supports it: the prefill
+    then never materialises (B,Q,V) logits (large for big vocabularies)."""
+    params = inspect.signature(model.forward).parameters
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
+
 @torch.no_grad()
 def sample(model, queries: torch.Tensor, query_mask: torch.Tensor, *, max_new_tokens: int,
            temperature: float = 1.0, eos_token_id: int | Sequence[int], pad_token_id: int,
@@ -116,7 +123,7 @@ def sample(model, queries: torch.Tensor, query_mask: torch.Tensor, *, max_new_to
         positions = position_ids_from_mask(mask)  # (B,Q)
         cache_kw = _cache_kwarg(model)
         out = model(input_ids=queries, attention_mask=mask, position_ids=positions,
-                    use_cache=True)
+                    use_cache=True, **_last_logits_only(model))
         next_pos = positions[:, -1:] + 1  # (B,1)
         done = torch.zeros(B, dtype=torch.bool, device=device)
         tokens, alive = [], []

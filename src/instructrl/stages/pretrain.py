@@ -291,17 +291,31 @@ def main(cfg: PretrainConfig, out_dir: str | Path, corpus_texts: Sequence[str] |
     final = {"step": cfg.steps, "heldout_loss": eval_loss(model, heldout, cfg.batch_size)
              if len(heldout) else None,
              "train_loss_last": _last_train_loss(metrics_path), "params": n_params,
-             "vocab": len(tokenizer), "wall_s": round(time.time() - t0, 1)}
+             "vocab": len(tokenizer), "corpus_fingerprint": fingerprint,
+             "train_tokens": chunks.numel(),
+             "train_s": round(_train_seconds(metrics_path, cfg.batch_size * cfg.seq_len), 1),
+             "wall_s": round(time.time() - t0, 1)}
     save_pretrained_atomic(model, tokenizer, out_dir)
     atomic_write_text(out_dir / "final.json", json.dumps(final, indent=2) + "\n")
     print(f"pretrain: step {cfg.steps}, train loss {final['train_loss_last']:.3f}, held-out "
-          f"loss {final['heldout_loss']}, {final['wall_s']} s -> {out_dir}")
+          f"loss {final['heldout_loss']:.3f}, {final['train_s']} s of training -> {out_dir}")
     return final
 
 
 def _last_train_loss(metrics_path: Path) -> float | None:
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     return rows[-1]["loss"] if rows else None
+
+
+def _train_seconds(metrics_path: Path, tokens_per_step: int) -> float:
+    """Optimisation time summed over the metrics log, so it counts every resumed part."""
+    total, prev = 0.0, 0
+    for line in metrics_path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            total += (row["step"] - prev) * tokens_per_step / max(row["tokens_per_s"], 1e-9)
+            prev = row["step"]
+    return total
 
 
 def ship(base_dir: str | Path, dest: str | Path | None = None, provenance: dict | None = None
@@ -312,7 +326,7 @@ def ship(base_dir: str | Path, dest: str | Path | None = None, provenance: dict 
     with atomic_dir(dest) as tmp:
         for name in SHIPPED_FILES:
             if (base_dir / name).exists():
-                shutil.copy2(base_dir / name, tmp / name)
+                shutil.copyfile(base_dir / name, tmp / name)
         if provenance is not None:
             (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     return dest
