@@ -138,12 +138,18 @@ def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int):
 
 
 def batches(items: list, batch_size: int, generator: random.Random | None = None,
-            drop_last: bool = False) -> list[list]:
-    """Shuffled (when given a Random) fixed-size batches."""
+            length=None, pool: int = 8) -> list[list]:
+    """Fixed-size batches, shuffled when given a Random. With `length` (item -> tokens), items
+    are sorted by length within pools of `pool` batches and the batches shuffled again, so a
+    batch pads to similar lengths (padding is most of the cost of short, ragged sequences)."""
     idx = list(range(len(items)))
     if generator is not None:
         generator.shuffle(idx)
+    if length is not None:
+        span = batch_size * pool
+        idx = [i for s in range(0, len(idx), span)
+               for i in sorted(idx[s:s + span], key=lambda j: length(items[j]))]
     out = [[items[i] for i in idx[s:s + batch_size]] for s in range(0, len(idx), batch_size)]
-    if drop_last and out and len(out[-1]) < batch_size:
-        out.pop()
+    if length is not None and generator is not None:
+        generator.shuffle(out)
     return out

@@ -139,7 +139,8 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
         print(f"{stage}: resuming at step {step} from {ckpt.path}")
     log = MetricsLog(out / "metrics.jsonl", resume_step=step)
     order = random.Random(c.seed)
-    plan = [b for _ in range(c.epochs) for b in batches(train_el, c.batch_size, order)]
+    plan = [b for _ in range(c.epochs) for b in batches(
+        train_el, c.batch_size, order, length=lambda el: max(len(q) + len(r) for q, r in el["seqs"]))]
     bar = tqdm(total=total, initial=step, desc=stage, unit="step")
     model.train()
     for i in range(step, total):

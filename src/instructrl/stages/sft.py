@@ -95,12 +95,15 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
     log = MetricsLog(out / "metrics.jsonl", resume_step=start_epoch * steps_per_epoch)
     pad = tokenizer.pad_token_id
     order = random.Random(c.seed)
+    def seq_len(ex):
+        return len(ex[0]) + len(ex[1])
+
     for _ in range(start_epoch):  # replay the shuffles of finished epochs
-        batches(train_ex, c.batch_size, order)
+        batches(train_ex, c.batch_size, order, length=seq_len)
     bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc="sft", unit="step")
     for epoch in range(start_epoch, c.epochs):
         model.train()
-        for chunk in batches(train_ex, c.batch_size, order):
+        for chunk in batches(train_ex, c.batch_size, order, length=seq_len):
             ids, mask, resp, _ = (t.to(device) for t in collate(chunk, pad))
             loss, stats = sft_loss(model(input_ids=ids, attention_mask=mask).logits, ids, resp)
             opt.zero_grad(set_to_none=True)
