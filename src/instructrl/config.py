@@ -268,7 +268,8 @@ class PipelineConfig:
     rounds: int = 1
     """Iterated rounds after the first SFT -> RM -> PPO pass (paper: 'continuously')."""
     base_model: str = "sandbox"
-    """'sandbox' for the shipped sandbox base model, or a path to a save_pretrained dir."""
+    """'sandbox' for the shipped sandbox base model, 'pretrain' to pretrain a new one into
+    RUN/base first (with the `pretrain` section), or a path to a save_pretrained dir."""
 
 
 @dataclass(frozen=True)
@@ -327,6 +328,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         return tuple(_coerce(v, a, key, source) for v, a in zip(value, args))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string; it is plainly a number
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float, str, bool):
         if isinstance(value, bool) and tp is not bool:
             raise InputError(f"expected {tp.__name__}, got {value!r}", path=source, field=key)

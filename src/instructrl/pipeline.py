@@ -68,15 +68,32 @@ def prepare_sandbox_data(cfg: RunConfig, run: RunDir, timer: Timer) -> None:
               cfg.sandbox, run.root)
 
 
-def run_pipeline(cfg: RunConfig, out: str | Path) -> dict:
+def base_model(cfg: RunConfig, run: RunDir, timer: Timer) -> Path:
+    """The model SFT starts from: the shipped sandbox base model ('sandbox'), a directory, or
+    'pretrain': train one from scratch on the sandbox corpus into RUN/base first."""
     from instructrl.modeling import resolve_model_path
+    from instructrl.stages import pretrain
+
+    if cfg.pipeline.base_model != "pretrain":
+        return resolve_model_path(cfg.pipeline.base_model)
+    base = run.stage("base")
+
+    def _train():
+        texts, heldout = pretrain.sandbox_corpus(cfg.sandbox, cfg.pretrain.heldout_docs)
+        pretrain.main(cfg.pretrain, base, texts, heldout_texts=heldout)
+
+    timer.run("pretrain", (base / "final.json").exists(), _train)
+    return base
+
+
+def run_pipeline(cfg: RunConfig, out: str | Path) -> dict:
     from instructrl.stages import collect, ppo, reward, sft
 
     run = RunDir(out)
     run.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.root / "config.yaml", dump_config(cfg))
     timer = Timer()
-    base = resolve_model_path(cfg.pipeline.base_model)
+    base = base_model(cfg, run, timer)
     if not (run.data / "demonstrations.jsonl").exists():
         # No data of the user's own in the run directory: the sandbox world provides it.
         prepare_sandbox_data(cfg, run, timer)

@@ -90,7 +90,12 @@ class SimLabeler:
         rng = rng_for("rank", self.world.seed, self.id, prompt.id, prompt.text,
                       tuple(r.text for r in responses), salt)
         checks = [check(self.world, prompt, r.text) for r in responses]
-        noisy = [self.utility(c) + _gumbel(rng) * self.noise for c in checks]
+        # The noise belongs to the (labeler, response text): two identical responses look
+        # the same to a person and come out tied, never in a random strict order.
+        noise = {t: _gumbel(rng_for("rank-noise", self.world.seed, self.id, prompt.id, t, salt))
+                 for t in {r.text for r in responses}}
+        noisy = [self.utility(c) + noise[r.text] * self.noise
+                 for c, r in zip(checks, responses)]
         order = sorted(range(len(responses)), key=lambda i: -noisy[i])
         groups: list[list[int]] = []
         for i in order:
