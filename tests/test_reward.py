@@ -101,7 +101,7 @@ def test_kwise_batch_element_equals_explicit_pairwise_loss_on_the_model(tiny_mod
     pairwise_grads = torch.autograd.grad(pairwise, params)
 
     assert int(stats["rm/pairs"]) == n_pairs == 6 + 5 + 3 + 1
-    assert float(loss) == pytest.approx(float(pairwise), abs=1e-6)
+    assert loss.item() == pytest.approx(pairwise.item(), abs=1e-6)
     for p, g1, g2 in zip(params, kwise_grads, pairwise_grads):
         assert g1.abs().max() > 0
         torch.testing.assert_close(g1, g2, atol=1e-6, rtol=1e-4)
