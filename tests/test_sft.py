@@ -179,3 +179,16 @@ def test_resume_after_crash_matches_uninterrupted_run(tiny_run, make_cfg, tiny_m
         assert same_weights(weights(out / "epochs" / e), weights(other / "sft" / "epochs" / e))
     assert same_weights(weights(out), weights(other / "sft"))
     assert read_metrics(out / "metrics.jsonl") == read_metrics(other / "sft" / "metrics.jsonl")
+
+
+def test_rl_initialisation_mixes_pretraining_data(tiny_run, make_cfg, tiny_model_dir):
+    # App. C.3: the RL policy's initialisation trains with 10 % pretraining data mixed in.
+    # With ptx_fraction 0.5 half of the examples are pretraining windows, so an epoch has
+    # twice the steps of the demonstrations alone.
+    run = RunDir(tiny_run)
+    prompts = run.prompts_by_id()
+    n_demos = sum(prompts[d.prompt_id].split == "train" for d in run.demonstrations())
+    cfg = make_cfg("sft.epochs=1", "sft.batch_size=4", "sft.ptx_fraction=0.5")
+    sft.train(cfg, run, tiny_model_dir)
+    steps = [r for r in read_metrics(tiny_run / "sft" / "metrics.jsonl") if "loss/sft" in r]
+    assert len(steps) == -(-2 * n_demos // 4)

@@ -137,6 +137,19 @@ def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int):
     return input_ids, attention_mask, response_mask, last
 
 
+def pretraining_examples(texts: list[str], tokenizer, n: int, max_tokens: int, seed: int
+                         ) -> list[tuple[list[int], list[int]]]:
+    """`n` pretraining examples, random windows of `max_tokens` of the texts, as (empty query,
+    tokens) pairs so that `collate` puts the LM loss on all of them (ptx, App. C.3 and C.4)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n if texts else 0):
+        ids = tokenizer(texts[rng.randrange(len(texts))], add_special_tokens=False)["input_ids"]
+        start = rng.randrange(max(1, len(ids) - max_tokens + 1))
+        out.append(([], ids[start:start + max_tokens]))
+    return out
+
+
 def batches(items: list, batch_size: int, generator: random.Random | None = None,
             length=None, pool: int = 8) -> list[list]:
     """Fixed-size batches, shuffled when given a Random. With `length` (item -> tokens), items

@@ -47,7 +47,7 @@ from instructrl.modeling import (ScalarHeadModel, load_causal_lm, load_tokenizer
 from instructrl.rollout import (Rollout, pad_left, response_logprobs, response_scores,
                                 response_values, sample)
 from instructrl.rundir import RunDir
-from instructrl.stages.common import Checkpoint, MetricsLog, collate
+from instructrl.stages.common import Checkpoint, MetricsLog, collate, pretraining_examples
 from instructrl.templates import encode_prompt
 
 
@@ -108,18 +108,6 @@ def make_rollout(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed
                    response_mask=response_mask, logprobs=torch.cat(logprobs),
                    ref_logprobs=torch.cat(ref_logprobs), values=torch.cat(values),
                    scores=score)
-
-
-# --------------------------------------------------------------------------- ptx data
-def ptx_batch(texts: list[str], tokenizer, n: int, max_tokens: int, seed: int):
-    """`n` pretraining examples (random windows of the pretraining texts)."""
-    rng = random.Random(seed)
-    seqs = []
-    for _ in range(n):
-        ids = tokenizer(texts[rng.randrange(len(texts))], add_special_tokens=False)["input_ids"]
-        start = rng.randrange(max(1, len(ids) - max_tokens + 1))
-        seqs.append(([], ids[start:start + max_tokens]))
-    return seqs
 
 
 # --------------------------------------------------------------------------- one update
@@ -269,7 +257,7 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
             perm = torch.randperm(c.batch_size, generator=gen).to(device)
             for mb in chunks(c.batch_size, c.mini_batch_size):
                 idx = perm[mb]
-                ptx = (ptx_batch(ptx_texts, tokenizer, c.ptx_per_episode * len(idx),
+                ptx = (pretraining_examples(ptx_texts, tokenizer, c.ptx_per_episode * len(idx),
                                  c.ptx_max_tokens, seed * 31 + n_mb) if ptx_texts else [])
                 opt_p.zero_grad(set_to_none=True)
                 opt_v.zero_grad(set_to_none=True)

@@ -30,7 +30,8 @@ from instructrl.losses import sft_loss
 from instructrl.modeling import load_causal_lm, load_tokenizer, save_pretrained_atomic
 from instructrl.rundir import RunDir, join_prompts
 from instructrl.stages.common import (Checkpoint, MetricsLog, adamw_cosine, batches, collate,
-                                      read_metrics, resume_training_state,
+                                      pretraining_examples, read_metrics,
+                                      resume_training_state,
                                       save_training_state, seed_everything)
 from instructrl.templates import encode_example
 
@@ -46,15 +47,6 @@ def sft_examples(run: RunDir, tokenizer, split: str, max_prompt_tokens: int,
             out.append(encode_example(tokenizer, prompt.text, demo.response,
                                       max_prompt_tokens, max_response_tokens))
     return out
-
-
-def ptx_examples(texts: list[str], tokenizer, n: int, max_tokens: int, seed: int
-                 ) -> list[tuple[list, list]]:
-    """`n` pretraining chunks as (empty query, text) pairs, so the LM loss covers all of it."""
-    rng = random.Random(seed)
-    picked = [texts[rng.randrange(len(texts))] for _ in range(n)] if texts else []
-    return [([], tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens])
-            for t in picked]
 
 
 @torch.no_grad()
@@ -82,7 +74,7 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
         raise SystemExit(f"no demonstrations on train prompts in {run.data}")
     if c.ptx_fraction > 0:  # App. C.3: mix pretraining data into the RL initialisation
         n_ptx = round(len(train_ex) * c.ptx_fraction / (1 - c.ptx_fraction))
-        train_ex = train_ex + ptx_examples(run.ptx_texts(), tokenizer, n_ptx,
+        train_ex = train_ex + pretraining_examples(run.ptx_texts(), tokenizer, n_ptx,
                                            c.max_prompt_tokens + c.max_response_tokens, c.seed)
     steps_per_epoch = -(-len(train_ex) // c.batch_size)
     total = steps_per_epoch * c.epochs
