@@ -204,3 +204,29 @@ def test_sigkill_in_the_middle_of_ppo_resumes_to_the_same_result(full_run, recip
             assert all(torch.equal(a[k], b[k]) for k in a), f"{f} differs"
     assert (read_metrics(out / "ppo-ptx" / "samples.jsonl")
             == read_metrics(full_run / "ppo-ptx" / "samples.jsonl"))
+
+
+def test_base_model_pretrain_flag_trains_one_into_the_run(tmp_path, capsys):
+    # `pipeline.base_model: pretrain` retrains the sandbox base model inside the run instead of
+    # using the shipped one; a rerun finds it done.
+    from instructrl.config import load_config
+    from instructrl.modeling import load_causal_lm, load_tokenizer
+    from instructrl.pipeline import Timer, base_model
+
+    cfg = load_config(None, ["pipeline.base_model=pretrain", "sandbox.n_corpus_docs=300",
+                             "pretrain.vocab_size=320", "pretrain.hidden_size=32",
+                             "pretrain.intermediate_size=64", "pretrain.num_layers=1",
+                             "pretrain.num_heads=2", "pretrain.seq_len=32",
+                             "pretrain.batch_size=4", "pretrain.steps=3",
+                             "pretrain.warmup_steps=1", "pretrain.heldout_docs=10",
+                             "pretrain.checkpoint_every=2", "pretrain.log_every=1"])
+    run = RunDir(tmp_path / "run")
+    path = base_model(cfg, run, Timer())
+    assert path == run.stage("base")
+    model = load_causal_lm(path)
+    assert model.config.hidden_size == 32 and len(load_tokenizer(path)) <= 320
+    mtime = (path / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert base_model(cfg, run, Timer()) == path
+    assert "[pretrain] done already, skipped" in capsys.readouterr().out
+    assert (path / "model.safetensors").stat().st_mtime_ns == mtime
