@@ -25,7 +25,7 @@ from instructrl.generation import sample_texts, score_texts
 from instructrl.modeling import ScalarHeadModel, load_causal_lm, load_tokenizer
 from instructrl.rollout import pad_left, sample
 from instructrl.rundir import RunDir
-from instructrl.stages.common import batches, collate
+from instructrl.stages.common import batches
 
 CHECKS = ("correct", "follows_instruction", "constraints_ok", "truthful", "hallucination",
           "repeats_falsehood", "harmless")
@@ -40,19 +40,13 @@ def test_prompts(run: RunDir, n: int) -> list[Prompt]:
 @torch.no_grad()
 def lm_loss(model, tokenizer, texts: list[str], max_tokens: int = 128, batch_size: int = 32
             ) -> float:
-    """Mean next-token loss on `texts` (held-out pretraining text: the LM part of the tax)."""
-    from instructrl.losses import ptx_loss
-    device = next(model.parameters()).device
-    model.eval()
+    """Mean next-token loss on `texts` (held-out pretraining text: the LM part of the tax):
+    SFT's token-weighted evaluation loss with the whole text as the "response"."""
+    from instructrl.stages.sft import eval_loss
     seqs = [([], tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens])
             for t in texts]
-    total = count = 0.0
-    for chunk in batches(seqs, batch_size):
-        ids, mask, tgt, _ = (t.to(device) for t in collate(chunk, tokenizer.pad_token_id))
-        loss, stats = ptx_loss(model(input_ids=ids, attention_mask=mask).logits, ids, tgt)
-        n = float(stats["ptx/tokens"])
-        total, count = total + float(loss) * n, count + n
-    return total / max(count, 1.0)
+    return eval_loss(model, seqs, tokenizer.pad_token_id, batch_size,
+                     next(model.parameters()).device)
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ from instructrl.config import PretrainConfig, RunConfig, SandboxConfig, dump_con
 from instructrl.data.jsonl import atomic_write_text
 from instructrl.errors import InputError
 from instructrl.modeling import atomic_dir, sandbox_base_model_path, save_pretrained_atomic
+from instructrl.stages.common import MetricsLog, read_metrics
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 STATE_FILE = "trainer_state.pt"
@@ -186,17 +187,6 @@ def _check_resumable(state: dict, cfg: PretrainConfig, fingerprint: str, ckpt_di
                          "or delete the checkpoint", path=str(ckpt_dir))
 
 
-def _metrics_rows_until(path: Path, step: int) -> list[str]:
-    """metrics.jsonl rows up to `step`: after a resume the log reads as if never stopped."""
-    if not path.exists():
-        return []
-    keep = []
-    for line in path.read_text().splitlines():
-        if line.strip() and json.loads(line).get("step", 0) <= step:
-            keep.append(line + "\n")
-    return keep
-
-
 # -- the stage ---------------------------------------------------------------------------------
 def main(cfg: PretrainConfig, out_dir: str | Path, corpus_texts: Sequence[str] | None = None, *,
          heldout_texts: Sequence[str] | None = None,
@@ -250,7 +240,7 @@ def main(cfg: PretrainConfig, out_dir: str | Path, corpus_texts: Sequence[str] |
     else:
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-    atomic_write_text(metrics_path, "".join(_metrics_rows_until(metrics_path, start)))
+    log = MetricsLog(metrics_path, resume_step=start)  # rows past the checkpoint dropped
 
     n_params = sum(p.numel() for p in model.parameters())
     print(f"pretrain: {n_params / 1e6:.2f} M parameters, vocab {len(tokenizer)}, "
@@ -278,8 +268,7 @@ def main(cfg: PretrainConfig, out_dir: str | Path, corpus_texts: Sequence[str] |
             row = {"step": done, "loss": sum(window) / len(window),
                    "lr": scheduler.get_last_lr()[0],
                    "tokens_per_s": len(window) * x.numel() / max(elapsed, 1e-9)}
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            log.write(row)
             window, tick = [], time.time()
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             _save_checkpoint(ckpt_dir, model, tokenizer, optimizer, scheduler, done, cfg,
@@ -303,18 +292,16 @@ def main(cfg: PretrainConfig, out_dir: str | Path, corpus_texts: Sequence[str] |
 
 
 def _last_train_loss(metrics_path: Path) -> float | None:
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = read_metrics(metrics_path)
     return rows[-1]["loss"] if rows else None
 
 
 def _train_seconds(metrics_path: Path, tokens_per_step: int) -> float:
     """Optimisation time summed over the metrics log, so it counts every resumed part."""
     total, prev = 0.0, 0
-    for line in metrics_path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            total += (row["step"] - prev) * tokens_per_step / max(row["tokens_per_s"], 1e-9)
-            prev = row["step"]
+    for row in read_metrics(metrics_path):
+        total += (row["step"] - prev) * tokens_per_step / max(row["tokens_per_s"], 1e-9)
+        prev = row["step"]
     return total
 
 
