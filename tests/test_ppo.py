@@ -101,6 +101,34 @@ def test_value_function_starts_as_the_reward_model(tiny_run, make_cfg, tiny_mode
         assert bool((r.values[b, n:] == 0).all())
 
 
+def test_reward_fn_replaces_the_reward_model_score(tiny_run, make_cfg, tiny_model_dir,
+                                                  tiny_rm_dir):
+    # A text reward (here: the number of characters) takes the RM's place in the rollout;
+    # the EOS trick still applies on top of it.
+    cfg = make_cfg("ppo.missing_eos_penalty=-9.0")
+    m = ppo.load_models(tiny_model_dir, tiny_model_dir, tiny_rm_dir, tiny_rm_dir,
+                        torch.device("cpu"))
+    tok = load_tokenizer(tiny_model_dir)
+    prompts = RunDir(tiny_run).prompts("train")[:16]
+    seen = []
+
+    def chars(ps, texts):
+        seen.append((list(ps), list(texts)))
+        return torch.tensor([float(len(t)) for t in texts])
+
+    r = ppo.make_rollout(m, tok, prompts, cfg.ppo, seed=0, device=torch.device("cpu"),
+                         reward_fn=chars)
+    (ps, texts), = seen
+    assert ps == prompts
+    ended = ((r.responses == tok.eos_token_id) & r.response_mask.bool()).any(1)
+    assert bool(ended.any()) and not bool(ended.all())  # both branches are exercised
+    for i, text in enumerate(texts):
+        ids = r.responses[i][r.response_mask[i].bool()].tolist()
+        assert text == tok.decode(ids, skip_special_tokens=True).strip()
+        want = float(len(text)) if ended[i] else -9.0
+        assert float(r.scores[i]) == want
+
+
 def test_ppo_iterations_train_policy_and_value_not_reference(tiny_run, make_cfg,
                                                              tiny_model_dir, tiny_rm_dir,
                                                              monkeypatch):

@@ -32,6 +32,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -53,6 +54,11 @@ from instructrl.templates import encode_prompt
 
 class NonFiniteError(RuntimeError):
     pass
+
+
+# A reward computed from text instead of the reward model: (prompts, response texts) -> (B,)
+# scores. For rule-based rewards, and for bench/sandbox_ceiling.py's oracle runs.
+RewardFn = Callable[[list[Prompt], list[str]], torch.Tensor]
 
 
 @dataclass
@@ -81,7 +87,7 @@ def chunks(n: int, size: int):
 # --------------------------------------------------------------------------- rollout
 @torch.no_grad()
 def make_rollout(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed: int,
-                 device) -> Rollout:
+                 device, reward_fn: RewardFn | None = None) -> Rollout:
     queries, query_mask = pad_left([encode_prompt(tokenizer, p.text, c.max_prompt_tokens)
                                     for p in prompts], tokenizer.pad_token_id)
     queries, query_mask = queries.to(device), query_mask.to(device)
@@ -98,8 +104,14 @@ def make_rollout(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed
         logprobs.append(response_logprobs(m.policy, *args, c.temperature))
         ref_logprobs.append(response_logprobs(m.ref, *args, c.temperature))
         values.append(response_values(m.value, *args))
-        scores.append(response_scores(m.rm, *args))
-    score = torch.cat(scores)
+        if reward_fn is None:
+            scores.append(response_scores(m.rm, *args))
+    if reward_fn is None:
+        score = torch.cat(scores)
+    else:
+        texts = [tokenizer.decode(row[mask.bool()].tolist(), skip_special_tokens=True).strip()
+                 for row, mask in zip(responses, response_mask)]
+        score = torch.as_tensor(reward_fn(prompts, texts), dtype=torch.float32, device=device)
     if c.missing_eos_penalty is not None:
         # The "EOS trick": a response that never ended gets a fixed low score instead.
         ended = ((responses == tokenizer.eos_token_id) & response_mask.bool()).any(1)
@@ -187,7 +199,10 @@ def prompts_for_iteration(prompts: list[Prompt], it: int, batch_size: int, seed:
 # --------------------------------------------------------------------------- the stage
 def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm: str | Path,
           value: str | Path, stage: str, ptx_coef: float | None = None,
-          max_iterations: int | None = None) -> Path:
+          max_iterations: int | None = None, reward_fn: RewardFn | None = None) -> Path:
+    """Train the policy and value function into RUN/`stage`. `reward_fn`, when given, scores
+    the decoded responses in place of the reward model (the value function still starts
+    from `value`)."""
     c = cfg.ppo if ptx_coef is None else dataclasses.replace(cfg.ppo, ptx_coef=ptx_coef)
     out = run.stage(stage)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -234,7 +249,7 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
         t0 = time.time()
         seed = c.seed * 1_000_003 + it
         batch_prompts = prompts_for_iteration(prompts, it, c.batch_size, c.seed)
-        r = make_rollout(m, tokenizer, batch_prompts, c, seed, device)
+        r = make_rollout(m, tokenizer, batch_prompts, c, seed, device, reward_fn)
         t_rollout = time.time() - t0
         rewards, stats = per_token_rewards(r.scores, r.logprobs, r.ref_logprobs,
                                            r.response_mask, kl_ctl.value)
@@ -306,7 +321,8 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
     m.policy.load_state_dict(ema.shadow)
     save_pretrained_atomic(m.policy, tokenizer, out)
     m.value.save_pretrained(out / "value", tokenizer)
-    run.mark_done(stage, iterations=n_iters, init=str(init), ref=str(ref), rm=str(rm),
+    run.mark_done(stage, iterations=n_iters, init=str(init), ref=str(ref),
+                  rm=str(rm) if reward_fn is None else "reward_fn",
                   ptx_coef=c.ptx_coef)
     ckpt.remove()
     return out
