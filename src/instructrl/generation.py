@@ -32,9 +32,15 @@ def sample_texts(model, tokenizer, prompt_texts: list[str], *, max_prompt_tokens
                                   max_new_tokens=max_new_tokens, temperature=temperature,
                                   eos_token_id=tokenizer.eos_token_id,
                                   pad_token_id=tokenizer.pad_token_id, generator=gen)
-        for row, m in zip(responses, rmask):
-            out.append(tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True).strip())
+        out += decode_responses(tokenizer, responses, rmask)
     return out
+
+
+def decode_responses(tokenizer, responses: torch.Tensor, response_mask: torch.Tensor
+                     ) -> list[str]:
+    """(B,R) response ids and mask -> B texts, special tokens dropped, whitespace stripped."""
+    return [tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True).strip()
+            for row, m in zip(responses, response_mask)]
 
 
 def score_sequences(model, seqs: list[tuple[list[int], list[int]]], pad_id: int

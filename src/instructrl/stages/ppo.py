@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from instructrl.cli import add_common
 from instructrl.config import PPOConfig, RunConfig, load_config
 from instructrl.data.records import Prompt
+from instructrl.generation import decode_responses
 from instructrl.losses import (AdaptiveKLController, FixedKLController, gae, masked_mean,
                                masked_var, masked_whiten, per_token_rewards, ppo_policy_loss,
                                ptx_loss, value_loss)
@@ -109,8 +110,7 @@ def make_rollout(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed
     if reward_fn is None:
         score = torch.cat(scores)
     else:
-        texts = [tokenizer.decode(row[mask.bool()].tolist(), skip_special_tokens=True).strip()
-                 for row, mask in zip(responses, response_mask)]
+        texts = decode_responses(tokenizer, responses, response_mask)
         score = torch.as_tensor(reward_fn(prompts, texts), dtype=torch.float32, device=device)
     if c.missing_eos_penalty is not None:
         # The "EOS trick": a response that never ended gets a fixed low score instead.
