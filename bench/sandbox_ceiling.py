@@ -1,7 +1,8 @@
 """How far can a policy get past SFT in the sandbox, and where does PPO's win rate go?
 
     python bench/sandbox_ceiling.py [--run runs/demo] [--recipe recipes/sandbox.yaml]
-                                    [--samples 3] [--n 8] [--no-oracle-ppo] [--set K=V ...]
+                                    [--samples 3] [--n 8] [--set K=V ...]
+                                    [--policy NAME=DIR ...] [--oracle-stage NAME | --no-oracle-ppo]
 
 Every row is judged the way `instructrl eval` judges (held-out labelers on held-out users'
 prompts, ties count half) against the run's SFT model sampled at temperature 1, with
@@ -12,11 +13,12 @@ prompts, ties count half) against the run's SFT model sampled at temperature 1, 
 - best of N SFT samples picked by the run's reward model, and picked by the held-out
   labelers' own noise-free utility: how much of the judges' taste the RM has learnt;
 - the reference answers (what a careful labeler would write): the top of the scale;
-- the run's final policies (pipeline.json);
+- the run's final policies (pipeline.json), and any `--policy NAME=DIR`;
 - PPO with an oracle reward: the recipe's PPO (no ptx) with the training labelers' mean
   noise-free utility in place of the RM (shifted so demonstrations score 0, as the RM's bias
   is): what PPO reaches on this budget with a perfect reward model of its labelers.
-  Trained into RUN/ppo-oracle once (skipped when done; --no-oracle-ppo leaves it out).
+  Trained into RUN/ppo-oracle once (skipped when done; `--set ppo.KEY=V` changes its
+  settings, so give such a run its own `--oracle-stage`; --no-oracle-ppo leaves it out).
 
 Issue 4's target is a PPO-ptx win rate of 0.65: compare it with these rows. Needs a run with
 sft/ and rm/ (`make demo` makes runs/demo). Prints figures; asserts nothing.
@@ -40,6 +42,10 @@ def main() -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--samples", type=int, default=3, help="samples per prompt and policy")
     ap.add_argument("--n", type=int, default=8, help="N of best-of-N")
+    ap.add_argument("--policy", action="append", default=[], metavar="NAME=DIR",
+                    help="another policy to judge (repeatable)")
+    ap.add_argument("--oracle-stage", default="ppo-oracle",
+                    help="stage dir of the oracle-reward PPO run (default: ppo-oracle)")
     ap.add_argument("--no-oracle-ppo", action="store_true")
     args = ap.parse_args()
 
@@ -109,18 +115,22 @@ def main() -> int:
 
     finals = {}
     if (run.root / "pipeline.json").exists():
-        finals = json.loads((run.root / "pipeline.json").read_text())["policies"]
+        finals = {name: run.root / rel for name, rel in
+                  json.loads((run.root / "pipeline.json").read_text())["policies"].items()}
+    for spec in args.policy:
+        name, _, path = spec.partition("=")
+        finals[name] = Path(path or name)
     if not args.no_oracle_ppo:
-        finals["ppo, oracle reward"] = str(train_oracle_ppo(cfg, run, sb).relative_to(run.root))
-    for name, rel in finals.items():
+        finals["ppo, oracle reward"] = train_oracle_ppo(cfg, run, sb, args.oracle_stage)
+    for name, path in finals.items():
         if name == "sft":
             continue
-        judge(name, draw(load_causal_lm(run.root / rel), texts, seed=c.seed + 5))
+        judge(name, draw(load_causal_lm(path), texts, seed=c.seed + 5))
     print(f"(issue 4's target for PPO-ptx: 0.65; {time.time() - t_start:.0f}s)")
     return 0
 
 
-def train_oracle_ppo(cfg, run, sb) -> Path:
+def train_oracle_ppo(cfg, run, sb, stage: str) -> Path:
     """The recipe's PPO without ptx, rewarded by the training labelers' mean noise-free
     utility instead of the RM; shifted so the labeler demonstrations score mean 0."""
     import torch
@@ -139,7 +149,6 @@ def train_oracle_ppo(cfg, run, sb) -> Path:
     def reward(ps, texts):
         return torch.tensor([utility(p, t) - shift for p, t in zip(ps, texts)])
 
-    stage = "ppo-oracle"
     if not run.is_done(stage):
         t0 = time.time()
         ppo.train(cfg, run, init=run.stage("sft"), ref=run.stage("sft"), rm=run.stage("rm"),
