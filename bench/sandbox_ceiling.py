@@ -49,8 +49,6 @@ def main() -> int:
     ap.add_argument("--no-oracle-ppo", action="store_true")
     args = ap.parse_args()
 
-    import torch
-
     from instructrl.config import load_config
     from instructrl.evaluate.sandbox_eval import test_prompts
     from instructrl.evaluate.stats import mean_ci
@@ -83,18 +81,12 @@ def main() -> int:
                             seed=seed)
 
     baseline = draw(sft, texts, seed=c.seed)
-    rows: list[tuple[str, float, float, float]] = []
 
     def judge(name: str, ours: list[str]) -> None:
         outcomes = [sb.heldout_judge(p, a, b, salt=f"ceiling:{name}:{i % S}").score
                     for i, (p, a, b) in enumerate(zip(rep, ours, baseline))]
         m, lo, hi = mean_ci(outcomes)
-        rows.append((name, m, lo, hi))
         print(f"  {name:<40} {m:.3f} [{lo:.3f}, {hi:.3f}]", flush=True)
-
-    def heldout_utility(p, response: str) -> float:
-        ch = sb.check(p, response)
-        return sum(lab.utility(ch) for lab in sb.heldout_labelers) / len(sb.heldout_labelers)
 
     print(f"win rate against SFT (temperature {c.temperature}), {len(prompts)} held-out "
           f"users' prompts x {S} samples, judged by held-out labelers:")
@@ -102,15 +94,17 @@ def main() -> int:
     judge("sft, temperature 0.7", draw(sft, texts, seed=c.seed + 2, temperature=0.7))
     judge("sft, greedy", draw(sft, texts, seed=c.seed + 3, temperature=0.0))
     # Best of N: N candidates per (prompt, sample), picked by the RM or by the judges' taste.
-    cand = draw(sft, [t for t in texts for _ in range(N)], seed=c.seed + 4)
+    cand_prompts = [t for t in texts for _ in range(N)]
+    cand = draw(sft, cand_prompts, seed=c.seed + 4)
     groups = [cand[i * N:(i + 1) * N] for i in range(len(rep))]
     rm = ScalarHeadModel.from_pretrained(rm_dir).eval()
-    scores = score_texts(rm, tok, [t for t in texts for _ in range(N)], cand,
+    scores = score_texts(rm, tok, cand_prompts, cand,
                          max_prompt_tokens=c.max_prompt_tokens,
                          max_response_tokens=c.max_new_tokens).view(len(rep), N)
     judge(f"best of {N} by the RM", [g[int(s.argmax())] for g, s in zip(groups, scores)])
     judge(f"best of {N} by held-out labelers' utility",
-          [max(g, key=lambda r, p=p: heldout_utility(p, r)) for p, g in zip(rep, groups)])
+          [max(g, key=lambda r, p=p: mean_utility(sb, sb.heldout_labelers, p, r))
+           for p, g in zip(rep, groups)])
     judge("reference answers", [reference_answer(sb.world, p) for p in rep])
 
     finals = {}
@@ -130,6 +124,12 @@ def main() -> int:
     return 0
 
 
+def mean_utility(sb, labelers, prompt, response: str) -> float:
+    """The labelers' mean noise-free utility of one response."""
+    checks = sb.check(prompt, response)
+    return sum(lab.utility(checks) for lab in labelers) / len(labelers)
+
+
 def train_oracle_ppo(cfg, run, sb, stage: str) -> Path:
     """The recipe's PPO without ptx, rewarded by the training labelers' mean noise-free
     utility instead of the RM; shifted so the labeler demonstrations score mean 0."""
@@ -137,17 +137,14 @@ def train_oracle_ppo(cfg, run, sb, stage: str) -> Path:
 
     from instructrl.stages import ppo
 
-    def utility(p, response: str) -> float:
-        ch = sb.check(p, response)
-        return sum(lab.utility(ch) for lab in sb.train_labelers) / len(sb.train_labelers)
-
     prompts = run.prompts_by_id()
     demos = [(prompts[d.prompt_id], d.response) for d in run.demonstrations()
              if prompts[d.prompt_id].split == "train"]
-    shift = sum(utility(p, r) for p, r in demos) / len(demos)
+    shift = sum(mean_utility(sb, sb.train_labelers, p, r) for p, r in demos) / len(demos)
 
     def reward(ps, texts):
-        return torch.tensor([utility(p, t) - shift for p, t in zip(ps, texts)])
+        return torch.tensor([mean_utility(sb, sb.train_labelers, p, t) - shift
+                             for p, t in zip(ps, texts)])
 
     if not run.is_done(stage):
         t0 = time.time()
