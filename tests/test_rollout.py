@@ -10,7 +10,7 @@ from instructrl.config import PretrainConfig
 from instructrl.modeling import ScalarHeadModel
 from instructrl.rollout import (Rollout, eos_mask, last_token_index, pad_left, pad_right,
                                 response_logprobs, response_scores, response_values, sample,
-                                sample_generate)
+                                sample_generate, trim_padding)
 from instructrl.stages.pretrain import build_model, train_tokenizer
 
 TEXTS = [f"the {b} eats {c}. the {b} lives in {d}." for b in ("kund", "zozap", "musot")
@@ -163,6 +163,34 @@ def test_response_values_and_scores_alignment(tiny, tmp_path):
         assert (values[i, n:] == 0).all()
         assert torch.allclose(scores[i], full[-1], atol=1e-5)
         assert idx[i] == q.shape[1] + n - 1
+
+
+def test_columns_of_padding_only_are_trimmed_without_changing_results(tiny, tmp_path):
+    model, tok = tiny
+    from instructrl.modeling import save_pretrained_atomic
+    save_pretrained_atomic(model, tok, tmp_path / "m")
+    vf = ScalarHeadModel.from_causal_lm(tmp_path / "m").eval()
+    _, q, qm = queries_for(tok)
+    r, rm = pad_right([[7, 8, tok.eos_token_id], [9], [10, 11, 12, 13]], tok.pad_token_id)
+    q, qm = q[:3], qm[:3]
+    pad = tok.pad_token_id
+    # Three more all-padding query columns on the left, five response columns on the right.
+    wq = torch.cat([torch.full((3, 3), pad), q], 1)
+    wqm = torch.cat([torch.zeros(3, 3, dtype=qm.dtype), qm], 1)
+    wr = torch.cat([r, torch.full((3, 5), pad)], 1)
+    wrm = torch.cat([rm, torch.zeros(3, 5, dtype=rm.dtype)], 1)
+    tq, tqm, tr, trm = trim_padding(wq, wqm, wr, wrm)
+    assert tq.shape[1] == int(qm.sum(1).max()) and tr.shape[1] == 4
+    assert torch.equal(tq, q[:, q.shape[1] - tq.shape[1]:]) and torch.equal(trm, rm)
+    with torch.no_grad():
+        lp, ent = response_logprobs(model, wq, wqm, wr, wrm, return_entropy=True)
+        lp0, ent0 = response_logprobs(model, q, qm, r, rm, return_entropy=True)
+        v, v0 = response_values(vf, wq, wqm, wr, wrm), response_values(vf, q, qm, r, rm)
+        s, s0 = response_scores(vf, wq, wqm, wr, wrm), response_scores(vf, q, qm, r, rm)
+    assert lp.shape == ent.shape == v.shape == wr.shape
+    for wide, narrow in ((lp, lp0), (ent, ent0), (v, v0)):
+        assert torch.allclose(wide[:, :4], narrow, atol=1e-5) and (wide[:, 4:] == 0).all()
+    assert torch.allclose(s, s0, atol=1e-5)
 
 
 def test_rollout_minibatch_indexing():

@@ -183,6 +183,24 @@ def sample_generate(model, queries: torch.Tensor, query_mask: torch.Tensor, *,
 
 
 # -- scoring ----------------------------------------------------------------------------------
+def trim_padding(queries: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor,
+                 response_mask: torch.Tensor):
+    """Drop the query columns that are padding in every row and the response columns past
+    every row's end. Padding never changes a result (positions come from the mask and the
+    model is causal), so this only saves compute: a micro-batch is often much shorter than
+    the whole batch's widest query plus its longest response."""
+    real = query_mask.bool().any(0)  # (Q,)
+    start = int(real.long().argmax()) if bool(real.any()) else queries.shape[1] - 1
+    r_len = max(1, int(response_mask.long().sum(1).max())) if response_mask.numel() else 1
+    return (queries[:, start:], query_mask[:, start:], responses[:, :r_len],
+            response_mask[:, :r_len])
+
+
+def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
+    """(B,r) -> (B,width) with zeros on the right (masked response positions are 0)."""
+    return F.pad(x, (0, width - x.shape[1]))
+
+
 def _concat(queries, query_mask, responses, response_mask):
     input_ids = torch.cat([queries, responses], 1)  # (B,T)
     mask = torch.cat([query_mask.long(), response_mask.long()], 1)  # (B,T)
@@ -198,6 +216,9 @@ def response_logprobs(model, queries: torch.Tensor, query_mask: torch.Tensor,
     With `return_entropy`, also the (B,R) entropy of each predicted distribution (masked 0).
     The model's train/eval mode is the caller's.
     """
+    R = responses.shape[1]
+    queries, query_mask, responses, response_mask = trim_padding(queries, query_mask,
+                                                                 responses, response_mask)
     input_ids, mask, positions = _concat(queries, query_mask, responses, response_mask)
     Q = queries.shape[1]
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
@@ -209,9 +230,9 @@ def response_logprobs(model, queries: torch.Tensor, query_mask: torch.Tensor,
     rmask = response_mask.to(logp_all.dtype)
     logprobs = logp_all.gather(-1, responses.unsqueeze(-1)).squeeze(-1) * rmask  # (B,R)
     if not return_entropy:
-        return logprobs
+        return _pad_to(logprobs, R)
     entropy = -(logp_all.exp() * logp_all).sum(-1) * rmask  # (B,R)
-    return logprobs, entropy
+    return _pad_to(logprobs, R), _pad_to(entropy, R)
 
 
 def response_values(scalar_model, queries: torch.Tensor, query_mask: torch.Tensor,
@@ -223,10 +244,13 @@ def response_values(scalar_model, queries: torch.Tensor, query_mask: torch.Tenso
     last query token for t = 0), the same position whose logits give token t's log-prob.
     Masked positions are 0.
     """
+    R = responses.shape[1]
+    queries, query_mask, responses, response_mask = trim_padding(queries, query_mask,
+                                                                 responses, response_mask)
     input_ids, mask, positions = _concat(queries, query_mask, responses, response_mask)
     Q = queries.shape[1]
     values = scalar_model(input_ids, mask, positions)  # (B,T)
-    return values[:, Q - 1:-1] * response_mask.to(values.dtype)  # (B,R)
+    return _pad_to(values[:, Q - 1:-1] * response_mask.to(values.dtype), R)  # (B,R)
 
 
 def last_token_index(queries: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -238,6 +262,8 @@ def last_token_index(queries: torch.Tensor, response_mask: torch.Tensor) -> torc
 def response_scores(scalar_model, queries: torch.Tensor, query_mask: torch.Tensor,
                     responses: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """Reward-model score (B,) of each response, read at its last token (section 3.5)."""
+    queries, query_mask, responses, response_mask = trim_padding(queries, query_mask,
+                                                                 responses, response_mask)
     input_ids, mask, positions = _concat(queries, query_mask, responses, response_mask)
     values = scalar_model(input_ids, mask, positions)  # (B,T)
     return gather_last(values, last_token_index(queries, response_mask))

@@ -99,16 +99,21 @@ def make_rollout(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed
         temperature=c.temperature, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, generator=gen)
     B = queries.shape[0]
+    # Score in micro-batches of similar length, so that each is trimmed to little padding
+    # (rollout.trim_padding); `unsort` puts the rows back in prompt order.
+    order = torch.argsort(query_mask.sum(1) + response_mask.sum(1))  # (B,)
+    unsort = torch.argsort(order)
     logprobs, ref_logprobs, values, scores = [], [], [], []
     for s in chunks(B, c.micro_batch_size):
-        args = (queries[s], query_mask[s], responses[s], response_mask[s])
+        rows = order[s]
+        args = (queries[rows], query_mask[rows], responses[rows], response_mask[rows])
         logprobs.append(response_logprobs(m.policy, *args, c.temperature))
         ref_logprobs.append(response_logprobs(m.ref, *args, c.temperature))
         values.append(response_values(m.value, *args))
         if reward_fn is None:
             scores.append(response_scores(m.rm, *args))
     if reward_fn is None:
-        score = torch.cat(scores)
+        score = torch.cat(scores)[unsort]
     else:
         texts = decode_responses(tokenizer, responses, response_mask)
         score = torch.as_tensor(reward_fn(prompts, texts), dtype=torch.float32, device=device)
@@ -117,8 +122,9 @@ def make_rollout(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed
         ended = ((responses == tokenizer.eos_token_id) & response_mask.bool()).any(1)
         score = torch.where(ended, score, torch.full_like(score, c.missing_eos_penalty))
     return Rollout(queries=queries, query_mask=query_mask, responses=responses,
-                   response_mask=response_mask, logprobs=torch.cat(logprobs),
-                   ref_logprobs=torch.cat(ref_logprobs), values=torch.cat(values),
+                   response_mask=response_mask, logprobs=torch.cat(logprobs)[unsort],
+                   ref_logprobs=torch.cat(ref_logprobs)[unsort],
+                   values=torch.cat(values)[unsort],
                    scores=score)
 
 
@@ -129,6 +135,9 @@ def train_minibatch(m: Models, r: Rollout, adv, returns, idx, c: PPOConfig, ptx_
     so the sum equals the whole minibatch's token-mean loss), then its ptx gradients."""
     stats: dict[str, float] = {}
     n_tok = float(r.response_mask[idx].sum())
+    # Micro-batches of similar length carry less padding; the accumulated gradient does not
+    # depend on which rows share a micro-batch.
+    idx = idx[torch.argsort(r.query_mask[idx].sum(1) + r.response_mask[idx].sum(1))]
 
     def add(d, w):
         for k, v in d.items():
