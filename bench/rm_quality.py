@@ -13,7 +13,10 @@
       - held-out vs training labelers: the same K responses ranked by both (collect has
         held-out labelers rank a share of the valid-split samples);
       - each held-out labeler against its own noise-free utility (a Bayes ceiling: no model
-        of that labeler can do better on average than its noise allows).
+        of that labeler can do better on average than its noise allows);
+      - a perfect RM of the training pool (their mean noise-free utility) scored exactly as
+        the RM is: what an RM that learnt everything its training labels can teach reaches
+        on the held-out labelers, so RM vs this row is the part of the gap that is learning.
     Agreement counts pairs both rankings order strictly (ties dropped); RM accuracy counts
     pairs the held-out labeler ordered strictly. Target (issue 3): RM held-out accuracy within
     5 points of the held-out vs training agreement; the gap is printed.
@@ -91,7 +94,7 @@ def labeler_agreement(cfg, run) -> dict:
         if r.skipped is None:
             key = (r.prompt_id, tuple(x.text for x in r.responses))
             by_item[key]["held" if r.labeler_id in held_ids else "train"].append(r)
-    tt, ht, hh_self = [0, 0], [0, 0], [0, 0]
+    tt, ht, hh_self, oracle = [0, 0], [0, 0], [0, 0], [0.0, 0]
     items = 0
     for (pid, _), groups in by_item.items():
         p = prompts[pid]
@@ -118,8 +121,28 @@ def labeler_agreement(cfg, run) -> dict:
                                  [[i for i in range(len(u)) if u[i] == v] for v in levels])
             a, n = pairwise_agreement(h, noise_free)
             hh_self[0], hh_self[1] = hh_self[0] + a, hh_self[1] + n
+            a, n = oracle_rm_accuracy(sb, p, h)
+            oracle[0], oracle[1] = oracle[0] + a, oracle[1] + n
     return {"train_vs_train": (rate(*tt), tt[1]), "heldout_vs_train": (rate(*ht), ht[1]),
-            "heldout_vs_own_utility": (rate(*hh_self), hh_self[1]), "heldout_items": items}
+            "heldout_vs_own_utility": (rate(*hh_self), hh_self[1]),
+            "oracle_rm_vs_heldout": (rate(*oracle), oracle[1]), "heldout_items": items}
+
+
+def oracle_rm_accuracy(sb, prompt, held) -> tuple[float, int]:
+    """A perfect RM of the training pool (their mean noise-free utility) scored like the RM
+    on one held-out ranking: (correct pairs, ties counting half; pairs ordered strictly)."""
+    checks = [sb.check(prompt, x.text) for x in held.responses]
+    u = [sum(lab.utility(c) for lab in sb.train_labelers) / len(sb.train_labelers)
+         for c in checks]
+    group = {i: g for g, members in enumerate(held.ranking) for i in members}
+    right, n = 0.0, 0
+    for i in range(len(u)):
+        for j in range(i + 1, len(u)):
+            if group[i] != group[j]:
+                w, lo = (i, j) if group[i] < group[j] else (j, i)
+                n += 1
+                right += 1.0 if u[w] > u[lo] else 0.5 if u[w] == u[lo] else 0.0
+    return right, n
 
 
 def bench_sandbox(args, timer) -> None:
@@ -160,7 +183,8 @@ def bench_sandbox(args, timer) -> None:
         print(f"{name:<44}{pct(row and row['accuracy']):>7}{(row or {}).get('pairs', 0):>8}")
     for name, key in (("training vs training labelers", "train_vs_train"),
                       ("held-out vs training labelers", "heldout_vs_train"),
-                      ("held-out labeler vs own noise-free utility", "heldout_vs_own_utility")):
+                      ("held-out labeler vs own noise-free utility", "heldout_vs_own_utility"),
+                      ("perfect RM of the training pool vs held-out", "oracle_rm_vs_heldout")):
         r, n = agree[key]
         print(f"{name:<44}{pct(r):>7}{n:>8}")
     ceiling = agree["heldout_vs_train"][0]
