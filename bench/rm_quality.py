@@ -2,7 +2,7 @@
 
     python bench/rm_quality.py [--run RUN] [--recipe recipes/sandbox.yaml] [--init DIR]
                                [--set KEY=VALUE ...] [--hh FILE] [--hh-set KEY=VALUE ...]
-                               [--work runs/bench-rm] [--only sandbox|hh]
+                               [--rounds 1] [--work runs/bench-rm] [--only sandbox|hh]
 
 (a) Sandbox. The RM's pairwise accuracy on the held-out labelers' rankings (they never label
     training data, paper section 3.4), next to the labelers' own agreement, which is the
@@ -21,7 +21,11 @@
     pairs the held-out labeler ordered strictly. Target (issue 3): RM held-out accuracy within
     5 points of the held-out vs training agreement; the gap is printed.
     `--run RUN` reuses RUN/rm/eval.json and RUN's rankings; otherwise the stages it needs
-    (sandbox data, SFT, collect round 0, RM) run in `--work`/sandbox, each skipped when done.
+    (sandbox data, SFT, `--rounds` collect rounds, RM) run in `--work`/sandbox, each
+    skipped when done. RM accuracy grows with rankings (measured, 2 cores, K = 6, all 1,520
+    train prompts per round): 1 round 1 epoch gap ~15 points, 3 rounds 3 epochs ~9,
+    6 rounds 2 epochs 7.0 (`--rounds 6 --set collect.n_prompts=1520 --set
+    collect.n_valid_prompts=187 --set collect.heldout_share=1.0 --set rm.epochs=2`, ~25 min).
 (b) HH-RLHF harmless (../shared/data, 2,312 pairs, imported as K = 2 rankings by
     `instructrl data import-pairs`): RM trained on 80 % of the prompts, pairwise accuracy on
     the other 20 %, with the sandbox-sized model (the shipped sandbox base model, or --init).
@@ -66,7 +70,7 @@ def rate(agree: int, total: int) -> float | None:
 
 
 # -- (a) sandbox ---------------------------------------------------------------------------
-def run_sandbox_stages(cfg, run, init: Path, timer) -> None:
+def run_sandbox_stages(cfg, run, init: Path, timer, rounds: int = 1) -> None:
     from instructrl.pipeline import prepare_sandbox_data
     from instructrl.stages import collect, reward, sft
 
@@ -74,8 +78,11 @@ def run_sandbox_stages(cfg, run, init: Path, timer) -> None:
     if not (run.data / "demonstrations.jsonl").exists():
         prepare_sandbox_data(cfg, run, timer)
     timer.run("sft", run.is_done("sft"), sft.train, cfg, run, init)
-    timer.run("collect-0", run.is_done("collect-0"), collect.collect, cfg, run,
-              {"sft": run.stage("sft")}, 0)
+    # Each round: new samples from SFT (and new prompts while unused ones remain), ranked
+    # again; the RM trains on all rounds' rankings.
+    for rnd in range(rounds):
+        timer.run(f"collect-{rnd}", run.is_done(f"collect-{rnd}"), collect.collect, cfg, run,
+                  {"sft": run.stage("sft")}, rnd)
     timer.run("rm", run.is_done("rm"), reward.train, cfg, run, run.stage("sft"))
 
 
@@ -169,7 +176,7 @@ def bench_sandbox(args, timer) -> None:
         init = resolve_model_path(args.init or cfg.pipeline.base_model)
         print(f"recipe: {recipe or 'fallback'}; base model: {init}")
         run = RunDir(Path(args.work) / "sandbox")
-        run_sandbox_stages(cfg, run, init, timer)
+        run_sandbox_stages(cfg, run, init, timer, args.rounds)
     res = json.loads((run.stage("rm") / "eval.json").read_text())
     t0 = time.time()
     agree = labeler_agreement(cfg, run)
@@ -246,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hh-set", action="append", default=[], metavar="KEY=VALUE",
                     help="recipe override for part (b) only")
     ap.add_argument("--hh-limit", type=int, default=None, help="use only the first N HH pairs")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="collect rounds (from SFT) before the RM trains, for a fresh run")
     ap.add_argument("--work", default="runs/bench-rm", help="where fresh runs go")
     ap.add_argument("--only", choices=["sandbox", "hh"], default=None)
     args = ap.parse_args(argv)
