@@ -18,12 +18,13 @@
         the RM is: what an RM that learnt everything its training labels can teach reaches
         on the held-out labelers, so RM vs this row is the part of the gap that is learning.
     Agreement counts pairs both rankings order strictly (ties dropped); RM accuracy counts
-    pairs the held-out labeler ordered strictly. A last table splits the held-out labelers'
-    pairs by the check that decides them for the training pool (the largest share of their
-    mean utility difference; "none" when only noise orders the pair) and gives the RM's and
-    the perfect RM's accuracy on each: on the demo's round-0 RM, correctness 66 % vs 92 %,
-    truthfulness 63 % vs 98 %, constraints 59 % vs 85 %; a third of the pairs are "none". Target (issue 3): RM held-out accuracy within
-    5 points of the held-out vs training agreement; the gap is printed.
+    pairs the held-out labeler ordered strictly. Target (issue 3): RM held-out accuracy within
+    5 points of the held-out vs training agreement; the gap is printed. A last table splits
+    the held-out labelers' pairs by the check that decides them for the training pool (the
+    largest share of their mean utility difference; "none" when only noise orders the pair)
+    with the RM's and the perfect RM's accuracy on each: on the demo's round-0 RM,
+    correctness 66 % vs 92 %, truthfulness 63 % vs 98 %, constraints 59 % vs 85 %, and a
+    third of the pairs are "none".
     `--run RUN` reuses RUN/rm/eval.json and RUN's rankings; otherwise the stages it needs
     (sandbox data, SFT, `--rounds` collect rounds, RM) run in `--work`/sandbox, each
     skipped when done. RM accuracy grows with rankings (measured, 2 cores, K = 6, all 1,520
@@ -144,21 +145,30 @@ def labeler_agreement(cfg, run) -> dict:
             "oracle_rm_vs_heldout": (rate(*oracle), oracle[1]), "heldout_items": items}
 
 
+def strict_pairs(ranking) -> list[tuple[int, int]]:
+    """(preferred, other) response indices of every pair the ranking orders strictly."""
+    group = {i: g for g, members in enumerate(ranking.ranking) for i in members}
+    k = len(ranking.responses)
+    return [(i, j) if group[i] < group[j] else (j, i)
+            for i in range(k) for j in range(i + 1, k) if group[i] != group[j]]
+
+
+def credit(preferred: float, other: float) -> float:
+    """A scorer's credit on one pair: 1 if it agrees, 0 if not, 0.5 for a tie."""
+    return 1.0 if preferred > other else 0.5 if preferred == other else 0.0
+
+
+def pool_utility(sb, checks) -> float:
+    """The training labelers' mean noise-free utility: a perfect RM of the training pool."""
+    return sum(lab.utility(checks) for lab in sb.train_labelers) / len(sb.train_labelers)
+
+
 def oracle_rm_accuracy(sb, prompt, held) -> tuple[float, int]:
-    """A perfect RM of the training pool (their mean noise-free utility) scored like the RM
-    on one held-out ranking: (correct pairs, ties counting half; pairs ordered strictly)."""
-    checks = [sb.check(prompt, x.text) for x in held.responses]
-    u = [sum(lab.utility(c) for lab in sb.train_labelers) / len(sb.train_labelers)
-         for c in checks]
-    group = {i: g for g, members in enumerate(held.ranking) for i in members}
-    right, n = 0.0, 0
-    for i in range(len(u)):
-        for j in range(i + 1, len(u)):
-            if group[i] != group[j]:
-                w, lo = (i, j) if group[i] < group[j] else (j, i)
-                n += 1
-                right += 1.0 if u[w] > u[lo] else 0.5 if u[w] == u[lo] else 0.0
-    return right, n
+    """A perfect RM of the training pool scored like the RM on one held-out ranking:
+    (correct pairs, ties counting half; pairs ordered strictly)."""
+    u = [pool_utility(sb, sb.check(prompt, x.text)) for x in held.responses]
+    pairs = strict_pairs(held)
+    return sum(credit(u[w], u[lo]) for w, lo in pairs), len(pairs)
 
 
 # Below this, the training pool's utilities of two responses are the same but for noise.
@@ -208,18 +218,13 @@ def accuracy_by_deciding_check(cfg, run) -> dict[str, list[float]]:
         s = scores[at:at + len(r.responses)]
         at += len(r.responses)
         checks = [sb.check(p, x.text) for x in r.responses]
-        u = [sum(lab.utility(c) for lab in sb.train_labelers) for c in checks]
-        group = {i: g for g, members in enumerate(r.ranking) for i in members}
-        for i in range(len(s)):
-            for j in range(i + 1, len(s)):
-                if group[i] == group[j]:
-                    continue
-                w, lo = (i, j) if group[i] < group[j] else (j, i)
-                for key in (deciding_check(sb, checks[w], checks[lo]), "all rounds' pairs"):
-                    row = rows[key]
-                    row[0] += 1
-                    row[1] += 1.0 if s[w] > s[lo] else 0.5 if s[w] == s[lo] else 0.0
-                    row[2] += 1.0 if u[w] > u[lo] else 0.5 if u[w] == u[lo] else 0.0
+        u = [pool_utility(sb, c) for c in checks]
+        for w, lo in strict_pairs(r):
+            for key in (deciding_check(sb, checks[w], checks[lo]), "all rounds' pairs"):
+                row = rows[key]
+                row[0] += 1
+                row[1] += credit(s[w], s[lo])
+                row[2] += credit(u[w], u[lo])
     return dict(rows)
 
 
