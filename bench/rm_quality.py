@@ -111,7 +111,7 @@ def labeler_agreement(cfg, run) -> dict:
         if r.skipped is None:
             key = (r.prompt_id, tuple(x.text for x in r.responses))
             by_item[key]["held" if r.labeler_id in held_ids else "train"].append(r)
-    tt, ht, hh_self, oracle = [0, 0], [0, 0], [0, 0], [0.0, 0]
+    tt, ht, hh_self = [0, 0], [0, 0], [0, 0]
     items = 0
     for (pid, _), groups in by_item.items():
         p = prompts[pid]
@@ -138,11 +138,9 @@ def labeler_agreement(cfg, run) -> dict:
                                  [[i for i in range(len(u)) if u[i] == v] for v in levels])
             a, n = pairwise_agreement(h, noise_free)
             hh_self[0], hh_self[1] = hh_self[0] + a, hh_self[1] + n
-            a, n = oracle_rm_accuracy(sb, p, h)
-            oracle[0], oracle[1] = oracle[0] + a, oracle[1] + n
     return {"train_vs_train": (rate(*tt), tt[1]), "heldout_vs_train": (rate(*ht), ht[1]),
             "heldout_vs_own_utility": (rate(*hh_self), hh_self[1]),
-            "oracle_rm_vs_heldout": (rate(*oracle), oracle[1]), "heldout_items": items}
+            "heldout_items": items}
 
 
 def strict_pairs(ranking) -> list[tuple[int, int]]:
@@ -163,14 +161,8 @@ def pool_utility(sb, checks) -> float:
     return sum(lab.utility(checks) for lab in sb.train_labelers) / len(sb.train_labelers)
 
 
-def oracle_rm_accuracy(sb, prompt, held) -> tuple[float, int]:
-    """A perfect RM of the training pool scored like the RM on one held-out ranking:
-    (correct pairs, ties counting half; pairs ordered strictly)."""
-    u = [pool_utility(sb, sb.check(prompt, x.text)) for x in held.responses]
-    pairs = strict_pairs(held)
-    return sum(credit(u[w], u[lo]) for w, lo in pairs), len(pairs)
-
-
+# The row of `accuracy_by_deciding_check` that holds every pair.
+ALL_PAIRS = "all rounds' pairs"
 # Below this, the training pool's utilities of two responses are the same but for noise.
 NO_DIFFERENCE = 0.05
 
@@ -220,7 +212,7 @@ def accuracy_by_deciding_check(cfg, run) -> dict[str, list[float]]:
         checks = [sb.check(p, x.text) for x in r.responses]
         u = [pool_utility(sb, c) for c in checks]
         for w, lo in strict_pairs(r):
-            for key in (deciding_check(sb, checks[w], checks[lo]), "all rounds' pairs"):
+            for key in (deciding_check(sb, checks[w], checks[lo]), ALL_PAIRS):
                 row = rows[key]
                 row[0] += 1
                 row[1] += credit(s[w], s[lo])
@@ -257,6 +249,11 @@ def bench_sandbox(args, timer) -> None:
     t0 = time.time()
     agree = labeler_agreement(cfg, run)
     timer.rows.append(("labeler agreement", time.time() - t0, False))
+    t0 = time.time()
+    rows = accuracy_by_deciding_check(cfg, run)
+    timer.rows.append(("by deciding check", time.time() - t0, False))
+    n_all, _, oracle_right = rows.get(ALL_PAIRS, (0, 0.0, 0.0))
+    agree["oracle_rm_vs_heldout"] = (rate(oracle_right, n_all), n_all)
     held = res.get("heldout_labelers", {}).get("all")
     valid = res.get("valid", {}).get("all")
     print(f"RM trained on {res['train_rankings']} rankings")
@@ -281,9 +278,6 @@ def bench_sandbox(args, timer) -> None:
     if by_cat:
         print("RM vs held-out labelers by category: " + ", ".join(
             f"{k} {pct(v['accuracy']).strip()} ({v['pairs']})" for k, v in by_cat.items()))
-    t0 = time.time()
-    rows = accuracy_by_deciding_check(cfg, run)
-    timer.rows.append(("by deciding check", time.time() - t0, False))
     if rows:
         print("held-out labelers' pairs (every collect round; ties count half) by the check "
               "that decides them for the training pool ('none': only noise orders them):")
