@@ -36,13 +36,14 @@ from instructrl.rundir import RunDir
 
 def round_prompts(prompts: list[Prompt], n: int, rnd: int, seed: int) -> list[Prompt]:
     """Round `rnd`'s `n` prompts: consecutive slices of one seeded shuffle, so rounds do not
-    reuse prompts until the set runs out."""
+    reuse prompts until the set runs out. An `n` larger than the set takes every prompt more
+    than once (each time with new samples): more rankings from a small prompt set."""
     order = sorted(prompts, key=lambda p: p.id)
     random.Random(seed).shuffle(order)
     if not order:
         return []
     start = (rnd * n) % len(order)
-    return [order[(start + i) % len(order)] for i in range(min(n, len(order)))]
+    return [order[(start + i) % len(order)] for i in range(n)]
 
 
 def split_k(k: int, n_policies: int) -> list[int]:
@@ -55,22 +56,22 @@ def collect_samples(policies: dict[str, Path], prompts: list[Prompt], c: Collect
     """{prompt_id, responses: [{text, policy}]} for each prompt, K responses, policies mixed
     in a per-prompt shuffled order (so position says nothing about the policy)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    per_prompt: dict[str, list[Response]] = {p.id: [] for p in prompts}
+    # One response list per entry of `prompts` (a prompt may appear more than once).
+    per_row: list[list[Response]] = [[] for _ in prompts]
     for (name, path), quota in zip(policies.items(), split_k(c.k, len(policies))):
         tok = load_tokenizer(path)
         model = load_causal_lm(path).to(device)
         texts = [p.text for p in prompts for _ in range(quota)]
-        owners = [p.id for p in prompts for _ in range(quota)]
+        owners = [i for i in range(len(prompts)) for _ in range(quota)]
         outs = sample_texts(model, tok, texts, max_prompt_tokens=c.max_prompt_tokens,
                             max_new_tokens=c.max_new_tokens, temperature=c.temperature,
                             batch_size=c.batch_size, seed=seed, desc=f"collect {name}")
-        for pid, text in zip(owners, outs):
-            per_prompt[pid].append(Response(text=text, policy=name))
+        for row, text in zip(owners, outs):
+            per_row[row].append(Response(text=text, policy=name))
         del model
     rng = random.Random(seed)
     samples = []
-    for p in prompts:
-        responses = per_prompt[p.id]
+    for p, responses in zip(prompts, per_row):
         rng.shuffle(responses)
         samples.append({"prompt_id": p.id,
                         "responses": [{"text": r.text, "policy": r.policy} for r in responses]})
