@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from instructrl.config import dump_config, load_config
@@ -36,3 +38,16 @@ def test_bad_recipe_names_key_and_file(tmp_path, text, override, match):
     path.write_text(text)
     with pytest.raises(InputError, match=match):
         load_config(path, override)
+
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
+def test_shipped_recipes_load(recipe, tmp_path):
+    """Every recipe in recipes/ names only known keys with valid values (else InputError),
+    and survives a dump -> load round trip."""
+    cfg = load_config(recipe)
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_config(cfg))
+    assert load_config(again) == cfg

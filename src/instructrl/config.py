@@ -158,7 +158,8 @@ class CollectConfig:
     k: int = 4
     """Responses per prompt (paper: 4 to 9)."""
     n_prompts: int = 512
-    """Train-split prompts per round (RM training data)."""
+    """Train-split prompts per round (RM training data); more than the split holds takes
+    each prompt more than once, with new samples each time."""
     n_valid_prompts: int = 64
     """Valid-split prompts per round (RM validation, and held-out labelers' rankings)."""
     heldout_share: float = 0.5
