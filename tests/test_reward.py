@@ -72,14 +72,15 @@ def test_kwise_batch_element_equals_explicit_pairwise_loss_on_the_model(tiny_mod
     model = ScalarHeadModel.from_causal_lm(tiny_model_dir).eval()
     params = [p for p in model.parameters() if p.requires_grad]
 
-    # The stage's K-wise element: all sequences of the batch through the model at once.
+    # The stage's K-wise element: every prompt of the batch through the model once, then all
+    # responses at once on top of their prompt's KV cache.
     calls = []
     hook = model.backbone.register_forward_hook(
         lambda mod, args, kwargs, out: calls.append(kwargs["input_ids"].shape[0]),
         with_kwargs=True)
     loss, stats = reward.forward_batch(model, elements, tok.pad_token_id)
     hook.remove()
-    assert calls == [sum(len(r.responses) for _, r in built)]  # 4+4+3+2 sequences, one pass
+    assert calls == [len(built), sum(len(r.responses) for _, r in built)]  # 4 prompts, 13 responses
     kwise_grads = torch.autograd.grad(loss, params)
 
     # Explicit pairwise formulation: each pair through the model on its own, each prompt's
@@ -237,3 +238,36 @@ def test_resume_after_crash_matches_uninterrupted_run(tiny_run, make_cfg, tiny_m
     assert (out / "eval.json").read_text() == (other / "rm" / "eval.json").read_text()
     assert read_metrics(out / "metrics.jsonl") == read_metrics(other / "rm" / "metrics.jsonl")
     assert not (out / "checkpoint").exists()
+
+
+def test_score_groups_equals_scoring_each_sequence_alone(tiny_model_dir, monkeypatch):
+    """Prompts of different lengths (left padding in the prompt pass) with ragged K and
+    responses of different lengths: the shared-prompt scores are the per-sequence scores,
+    also through the fallback for a cache that cannot be re-indexed."""
+    from transformers.cache_utils import DynamicCache
+
+    from instructrl.generation import score_groups
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = ScalarHeadModel.from_causal_lm(tiny_model_dir).eval()
+    model.set_bias(0.25)
+    enc = lambda p, r: encode_example(tok, p, r, 32, 16)  # noqa: E731
+    specs = [("what does the zorp eat", ["fish", "the zorp eats red fish", ""]),
+             ("is it", ["yes", "no it is not"]),
+             ("where does the blip live on a cold day", ["caves", "in the caves", "no", "x"])]
+    groups = [(enc(p, rs[0])[0], [enc(p, r)[1] for r in rs]) for p, rs in specs]
+    expected = score_sequences(model, [(q, r) for q, rs in groups for r in rs], tok.pad_token_id)
+    cached = []  # per backbone call: did it run on top of a KV cache?
+    model.backbone.register_forward_hook(
+        lambda mod, args, kwargs, out: cached.append(
+            kwargs.get("cache", kwargs.get("past_key_values")) is not None), with_kwargs=True)
+    with torch.no_grad():
+        torch.testing.assert_close(score_groups(model, groups, tok.pad_token_id), expected,
+                                   atol=1e-5, rtol=1e-5)
+        assert cached == [False, True]  # prompts once, then the responses on their cache
+        owner = next(c for c in DynamicCache.__mro__ if "batch_select_indices" in vars(c))
+        monkeypatch.delattr(owner, "batch_select_indices")
+        cached.clear()
+        torch.testing.assert_close(score_groups(model, groups, tok.pad_token_id), expected,
+                                   atol=1e-5, rtol=1e-5)
+        assert cached == [False, False]  # the fallback: whole sequences

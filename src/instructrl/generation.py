@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from instructrl.modeling import gather_last
-from instructrl.rollout import pad_left, sample
+from instructrl.modeling import gather_last, position_ids_from_mask
+from instructrl.rollout import cache_kwarg, output_cache, pad_left, pad_right, sample
 from instructrl.stages.common import batches, collate
 from instructrl.templates import encode_example, encode_prompt
 
@@ -50,6 +50,40 @@ def score_sequences(model, seqs: list[tuple[list[int], list[int]]], pad_id: int
     device = next(model.parameters()).device
     ids, mask, _, last = (t.to(device) for t in collate(seqs, pad_id))
     return gather_last(model(input_ids=ids, attention_mask=mask), last)  # (N,)
+
+
+def score_groups(model, groups: list[tuple[list[int], list[list[int]]]], pad_id: int
+                 ) -> torch.Tensor:
+    """Scalar-head scores (N,) of every response of every group (one prompt's ids, its
+    responses' ids), in order. The prompt runs through the model once and its KV cache is
+    repeated for each of its responses: the same scores (and gradients) as `score_sequences`
+    on the (prompt, response) pairs, since the model is causal and positions come from the
+    mask, at a fraction of the compute when prompts are longer than responses (the K-wise RM).
+    Every response must be non-empty (it ends with EOS). Keeps autograd. A backbone whose
+    cache cannot be re-indexed falls back to `score_sequences`."""
+    device = next(model.parameters()).device
+    counts = [len(rs) for _, rs in groups]
+    q_ids, q_mask = (t.to(device) for t in pad_left([q for q, _ in groups], pad_id))
+    r_ids, r_mask = (t.to(device) for t in pad_right([r for _, rs in groups for r in rs],
+                                                     pad_id))
+    if min((len(r) for _, rs in groups for r in rs), default=1) < 1:
+        raise ValueError("score_groups: an empty response (responses end with EOS)")
+    prefix = model.backbone(input_ids=q_ids, attention_mask=q_mask,
+                            position_ids=position_ids_from_mask(q_mask), use_cache=True)
+    cache = output_cache(prefix)
+    if cache is None or not hasattr(cache, "batch_select_indices"):
+        return score_sequences(model, [(q, r) for q, rs in groups for r in rs], pad_id)
+    owner = torch.repeat_interleave(torch.arange(len(groups), device=device),
+                                    torch.tensor(counts, device=device))  # (N,)
+    cache.batch_select_indices(owner)
+    mask = torch.cat([q_mask[owner], r_mask], 1)  # (N, Q+R)
+    positions = position_ids_from_mask(mask)[:, q_ids.shape[1]:]  # (N,R)
+    hidden = model.backbone(input_ids=r_ids, attention_mask=mask, position_ids=positions,
+                            use_cache=True, **{cache_kwarg(model.backbone): cache}
+                            ).last_hidden_state  # (N,R,H)
+    last = r_mask.sum(1) - 1  # (N,) each response's EOS
+    h = hidden[torch.arange(len(owner), device=device), last]  # (N,H)
+    return model.head(h.float()).squeeze(-1) + model.bias
 
 
 @torch.no_grad()

@@ -86,10 +86,17 @@ def _as_tensor_ids(ids: int | Sequence[int], device) -> torch.Tensor:
 
 
 # -- sampling ---------------------------------------------------------------------------------
-def _cache_kwarg(model) -> str:
+def cache_kwarg(model) -> str:
     """transformers >= 5.? names the KV cache argument `cache`; earlier, `past_key_values`."""
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache a forward with use_cache=True returned (`cache`, formerly
+    `past_key_values`), or None."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
 def _last_logits_only(model) -> dict:
@@ -121,7 +128,7 @@ def sample(model, queries: torch.Tensor, query_mask: torch.Tensor, *, max_new_to
     try:
         mask = query_mask.long()  # (B,Q) grows by one column per step
         positions = position_ids_from_mask(mask)  # (B,Q)
-        cache_kw = _cache_kwarg(model)
+        cache_kw = cache_kwarg(model)
         out = model(input_ids=queries, attention_mask=mask, position_ids=positions,
                     use_cache=True, **_last_logits_only(model))
         next_pos = positions[:, -1:] + 1  # (B,1)
@@ -141,11 +148,8 @@ def sample(model, queries: torch.Tensor, query_mask: torch.Tensor, *, max_new_to
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            cache = getattr(out, "cache", None)
-            if cache is None:
-                cache = out.past_key_values
             out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
-                        use_cache=True, **{cache_kw: cache})
+                        use_cache=True, **{cache_kw: output_cache(out)})
             next_pos = next_pos + 1
         responses = torch.stack(tokens, 1)  # (B,R)
         response_mask = torch.stack(alive, 1).long()  # (B,R)

@@ -4,7 +4,8 @@
 
 The RM is the SFT model with its unembedding replaced by a scalar head; the score is read at
 the last response token (the EOS). All K responses of one prompt form ONE batch element: the
-K sequences go through the model once each and the loss averages -log sigmoid(r_w - r_l) over
+prompt goes through the model once and each of the K responses once on top of its KV cache
+(`generation.score_groups`), and the loss averages -log sigmoid(r_w - r_l) over
 that prompt's C(K,2) pairs (ties dropped), so every prompt weighs the same and the batch size
 counts prompts (App. C.2: this avoids the overfitting of shuffling pairs). One epoch, cosine
 decay to 10 %. Afterwards a bias is set so that the labeler demonstrations score mean 0
@@ -29,7 +30,7 @@ from instructrl.config import RMConfig, RunConfig, load_config
 from instructrl.data.jsonl import atomic_write_text, read_records
 from instructrl.data.records import Prompt, Ranking
 from instructrl.losses import ranking_loss
-from instructrl.generation import score_sequences
+from instructrl.generation import score_groups, score_sequences
 from instructrl.modeling import ScalarHeadModel, load_tokenizer
 from instructrl.rundir import RunDir, join_prompts
 from instructrl.stages.common import (Checkpoint, MetricsLog, adamw_cosine, batches,
@@ -56,18 +57,19 @@ def ranking_elements(pairs: list[tuple[Prompt, Ranking]], tokenizer, cfg: RMConf
 
 
 def flatten(elements: list[dict]) -> tuple[list, list[int], list[int]]:
-    """The K responses of every prompt in a batch as one list, with prompt index and level."""
-    seqs, group, level = [], [], []
+    """The batch as (prompt ids, its K response ids) groups, with every response's prompt
+    index and level."""
+    groups, group, level = [], [], []
     for g, el in enumerate(elements):
-        seqs += el["seqs"]
+        groups.append((el["seqs"][0][0], [r for _, r in el["seqs"]]))
         group += [g] * len(el["seqs"])
         level += el["level"]
-    return seqs, group, level
+    return groups, group, level
 
 
 def forward_batch(model, elements: list[dict], pad_id: int):
-    seqs, group, level = flatten(elements)
-    rewards = score_sequences(model, seqs, pad_id)  # (N,) one pass for all K·B
+    groups, group, level = flatten(elements)
+    rewards = score_groups(model, groups, pad_id)  # (N,) each prompt once, its K responses
     return ranking_loss(rewards, torch.tensor(group, device=rewards.device),
                         torch.tensor(level, device=rewards.device))
 
@@ -78,10 +80,10 @@ def pairwise_accuracy(model, elements: list[dict], pad_id: int, batch_size: int)
     model.eval()
     hits: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for chunk in batches(elements, batch_size):
-        seqs, group, level = flatten(chunk)
-        r = score_sequences(model, seqs, pad_id).tolist()
-        for i in range(len(seqs)):
-            for j in range(len(seqs)):
+        groups, group, level = flatten(chunk)
+        r = score_groups(model, groups, pad_id).tolist()
+        for i in range(len(r)):
+            for j in range(len(r)):
                 if group[i] == group[j] and level[i] < level[j]:
                     for key in ("all", chunk[group[i]]["category"]):
                         hits[key][0] += float(r[i] > r[j])
