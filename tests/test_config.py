@@ -51,3 +51,27 @@ def test_shipped_recipes_load(recipe, tmp_path):
     again = tmp_path / "again.yaml"
     again.write_text(dump_config(cfg))
     assert load_config(again) == cfg
+
+
+def test_a_stage_in_a_run_directory_keeps_the_runs_settings(tmp_path):
+    """`instructrl sft|rm|collect|ppo|eval --out RUN`: --recipe if given, else RUN/config.yaml
+    (what the pipeline ran with), else the paper's defaults; --set on top of either."""
+    from argparse import Namespace
+
+    from instructrl.cli import run_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def args(**kw):
+        return Namespace(**{"out": str(run), "recipe": None, "overrides": [], **kw})
+
+    assert run_config(args()) == load_config()
+    with pytest.raises(InputError, match="recipe not found"):
+        run_config(args(), require_run_config=True)
+    (run / "config.yaml").write_text(dump_config(load_config(None, ["ppo.episodes=1920"])))
+    assert run_config(args()).ppo.episodes == 1920
+    assert run_config(args(overrides=["ppo.episodes=640"])).ppo.episodes == 640
+    other = tmp_path / "other.yaml"
+    other.write_text("ppo:\n  episodes: 5120\n")
+    assert run_config(args(recipe=str(other))).ppo.episodes == 5120

@@ -32,9 +32,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def add_common(p: argparse.ArgumentParser, *, out_required: bool = True) -> None:
     """Arguments every stage takes: the run directory, a recipe and overrides."""
     p.add_argument("--out", required=out_required, help="run directory (runs/<name>)")
-    p.add_argument("--recipe", default=None, help="YAML recipe (e.g. recipes/sandbox.yaml)")
+    p.add_argument("--recipe", default=None,
+                   help="YAML recipe (e.g. recipes/sandbox.yaml); default: RUN/config.yaml "
+                        "when the run has one, else the paper's settings")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set sft.epochs=2 (repeatable)")
+
+
+def run_config(args: argparse.Namespace, *, require_run_config: bool = False):
+    """The settings a command on a run directory works with: `--recipe` when given, else the
+    run's own RUN/config.yaml (what `instructrl pipeline`/`demo` ran with), else the paper
+    defaults; then the `--set` overrides. So a stage rerun inside a pipeline's run directory
+    keeps that run's settings unless told otherwise."""
+    from pathlib import Path
+
+    from instructrl.config import load_config
+
+    recipe = args.recipe
+    own = Path(args.out) / "config.yaml"
+    if recipe is None and (require_run_config or own.exists()):
+        recipe = own
+        print(f"settings: {own} (the run's own; --recipe to use others)", file=sys.stderr)
+    return load_config(recipe, args.overrides)
 
 
 def _top_parser() -> argparse.ArgumentParser:

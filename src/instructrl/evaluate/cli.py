@@ -7,8 +7,7 @@ import argparse
 import json
 import time
 
-from instructrl.cli import add_common
-from instructrl.config import load_config
+from instructrl.cli import add_common, run_config
 from instructrl.errors import InputError
 from instructrl.rundir import RunDir
 
@@ -33,8 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     rd = RunDir(args.out)
-    recipe = args.recipe or (rd.root / "config.yaml")
-    cfg = load_config(recipe, args.overrides)
+    cfg = run_config(args, require_run_config=True)
     t0 = time.time()
     _, text = evaluate_run(cfg, rd)
     print(text)

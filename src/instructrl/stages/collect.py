@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from instructrl.cli import add_common
-from instructrl.config import CollectConfig, RunConfig, load_config
+from instructrl.cli import add_common, run_config
+from instructrl.config import CollectConfig, RunConfig
 from instructrl.data.jsonl import read_jsonl, write_records
 from instructrl.data.records import Prompt, Ranking, Response
 from instructrl.generation import sample_texts
@@ -141,7 +141,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.recipe, args.overrides)
+    cfg = run_config(args)
     rd = RunDir(args.out)
     policies = {}
     for spec in args.policy or ["sft"]:

@@ -37,8 +37,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from instructrl.cli import add_common
-from instructrl.config import PPOConfig, RunConfig, load_config
+from instructrl.cli import add_common, run_config
+from instructrl.config import PPOConfig, RunConfig
 from instructrl.data.records import Prompt
 from instructrl.generation import decode_responses
 from instructrl.losses import (AdaptiveKLController, FixedKLController, gae, masked_mean,
@@ -383,7 +383,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.recipe, args.overrides)
+    cfg = run_config(args)
     rd = RunDir(args.out)
     init = args.init or rd.stage("sft")
     rm = args.rm or rd.stage("rm")

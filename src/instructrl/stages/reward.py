@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from instructrl.cli import add_common
-from instructrl.config import RMConfig, RunConfig, load_config
+from instructrl.cli import add_common, run_config
+from instructrl.config import RMConfig, RunConfig
 from instructrl.data.jsonl import atomic_write_text, read_records
 from instructrl.data.records import Prompt, Ranking
 from instructrl.losses import ranking_loss
@@ -187,7 +187,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.recipe, args.overrides)
+    cfg = run_config(args)
     rd = RunDir(args.out)
     t0 = time.time()
     train(cfg, rd, args.init or rd.stage("sft"), args.rankings, stage=args.stage)

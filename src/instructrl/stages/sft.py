@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from instructrl.cli import add_common
-from instructrl.config import RunConfig, load_config
+from instructrl.cli import add_common, run_config
+from instructrl.config import RunConfig
 from instructrl.data.jsonl import atomic_write_text
 from instructrl.losses import sft_loss
 from instructrl.modeling import load_causal_lm, load_tokenizer, save_pretrained_atomic
@@ -196,7 +196,7 @@ def default_init(run: RunDir) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.recipe, args.overrides)
+    cfg = run_config(args)
     rd = RunDir(args.out)
     t0 = time.time()
     if args.action == "select":
