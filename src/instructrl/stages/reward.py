@@ -5,12 +5,12 @@
 The RM is the SFT model with its unembedding replaced by a scalar head; the score is read at
 the last response token (the EOS). All K responses of one prompt form ONE batch element: the
 prompt goes through the model once and each of the K responses once on top of its KV cache
-(`generation.score_groups`), and the loss averages -log sigmoid(r_w - r_l) over
-that prompt's C(K,2) pairs (ties dropped), so every prompt weighs the same and the batch size
-counts prompts (App. C.2: this avoids the overfitting of shuffling pairs). One epoch, cosine
-decay to 10 %. Afterwards a bias is set so that the labeler demonstrations score mean 0
-(section 3.5: "normalized ... so that the labeler demonstrations achieve a mean score of 0
-before doing RL"); it is stored with the model and applied whenever it is loaded.
+(`generation.score_groups`), and the loss averages -log sigmoid(r_w - r_l) over that prompt's
+C(K,2) pairs (ties dropped), so every prompt weighs the same and the batch size counts prompts
+(App. C.2: this avoids the overfitting of shuffling pairs). One epoch, cosine decay to 10 %.
+Afterwards a bias is set so that the labeler demonstrations score mean 0 (section 3.5:
+"normalized ... so that the labeler demonstrations achieve a mean score of 0 before doing RL");
+it is stored with the model and applied whenever it is loaded.
 """
 
 from __future__ import annotations
