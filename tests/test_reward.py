@@ -93,8 +93,8 @@ def test_kwise_batch_element_equals_explicit_pairwise_loss_on_the_model(tiny_mod
             assert len(pairs) == math.comb(len(r.responses), 2)
         prompt_loss = 0.0
         for w, l in pairs:
-            r_w = score_sequences(model, [el["seqs"][w]], tok.pad_token_id)[0]
-            r_l = score_sequences(model, [el["seqs"][l]], tok.pad_token_id)[0]
+            r_w = score_sequences(model, [(el["prompt"], el["responses"][w])], tok.pad_token_id)[0]
+            r_l = score_sequences(model, [(el["prompt"], el["responses"][l])], tok.pad_token_id)[0]
             prompt_loss = prompt_loss - F.logsigmoid(r_w - r_l)
         total = total + prompt_loss / len(pairs)
         n_pairs += len(pairs)
@@ -243,7 +243,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tiny_run, make_cfg, tiny_m
 def test_score_groups_equals_scoring_each_sequence_alone(tiny_model_dir, monkeypatch):
     """Prompts of different lengths (left padding in the prompt pass) with ragged K and
     responses of different lengths: the shared-prompt scores are the per-sequence scores,
-    also through the fallback for a cache that cannot be re-indexed."""
+    also through the fallback for a cache that cannot be re-indexed (found once per model)."""
     from transformers.cache_utils import DynamicCache
 
     from instructrl.generation import score_groups
@@ -271,3 +271,7 @@ def test_score_groups_equals_scoring_each_sequence_alone(tiny_model_dir, monkeyp
         torch.testing.assert_close(score_groups(model, groups, tok.pad_token_id), expected,
                                    atol=1e-5, rtol=1e-5)
         assert cached == [False, False]  # the fallback: whole sequences
+        cached.clear()  # the model remembers it: no prompt pass thrown away any more
+        torch.testing.assert_close(score_groups(model, groups, tok.pad_token_id), expected,
+                                   atol=1e-5, rtol=1e-5)
+        assert cached == [False]

@@ -60,7 +60,10 @@ def score_groups(model, groups: list[tuple[list[int], list[list[int]]]], pad_id:
     on the (prompt, response) pairs, since the model is causal and positions come from the
     mask, at a fraction of the compute when prompts are longer than responses (the K-wise RM).
     Every response must be non-empty (it ends with EOS). Keeps autograd. A backbone whose
-    cache cannot be re-indexed falls back to `score_sequences`."""
+    cache cannot be re-indexed falls back to `score_sequences` (found on the first call and
+    remembered on the model, so later calls skip the prompt pass)."""
+    if getattr(model, "no_shared_prefix", False):
+        return score_sequences(model, [(q, r) for q, rs in groups for r in rs], pad_id)
     device = next(model.parameters()).device
     counts = [len(rs) for _, rs in groups]
     q_ids, q_mask = (t.to(device) for t in pad_left([q for q, _ in groups], pad_id))
@@ -72,7 +75,8 @@ def score_groups(model, groups: list[tuple[list[int], list[list[int]]]], pad_id:
                             position_ids=position_ids_from_mask(q_mask), use_cache=True)
     cache = output_cache(prefix)
     if cache is None or not hasattr(cache, "batch_select_indices"):
-        return score_sequences(model, [(q, r) for q, rs in groups for r in rs], pad_id)
+        model.no_shared_prefix = True
+        return score_groups(model, groups, pad_id)
     owner = torch.repeat_interleave(torch.arange(len(groups), device=device),
                                     torch.tensor(counts, device=device))  # (N,)
     cache.batch_select_indices(owner)

@@ -36,11 +36,12 @@ from instructrl.rundir import RunDir, join_prompts
 from instructrl.stages.common import (Checkpoint, MetricsLog, adamw_cosine, batches,
                                       resume_training_state, save_training_state,
                                       seed_everything)
-from instructrl.templates import encode_example
+from instructrl.templates import encode_prompt, encode_response
 
 
 def ranking_elements(pairs: list[tuple[Prompt, Ranking]], tokenizer, cfg: RMConfig) -> list[dict]:
-    """One batch element per ranking: the K encoded sequences and their rank levels."""
+    """One batch element per ranking: the prompt's ids, its K responses' ids and their rank
+    levels."""
     out = []
     for prompt, r in pairs:
         if r.skipped or not r.pairs():
@@ -49,10 +50,10 @@ def ranking_elements(pairs: list[tuple[Prompt, Ranking]], tokenizer, cfg: RMConf
         for lv, group in enumerate(r.ranking):
             for i in group:
                 level[i] = lv
-        seqs = [encode_example(tokenizer, prompt.text, resp.text, cfg.max_prompt_tokens,
-                               cfg.max_response_tokens) for resp in r.responses]
-        out.append({"seqs": seqs, "level": level, "category": prompt.category,
-                    "labeler": r.labeler_id})
+        out.append({"prompt": encode_prompt(tokenizer, prompt.text, cfg.max_prompt_tokens),
+                    "responses": [encode_response(tokenizer, resp.text, cfg.max_response_tokens)
+                                  for resp in r.responses],
+                    "level": level, "category": prompt.category, "labeler": r.labeler_id})
     return out
 
 
@@ -61,10 +62,15 @@ def flatten(elements: list[dict]) -> tuple[list, list[int], list[int]]:
     index and level."""
     groups, group, level = [], [], []
     for g, el in enumerate(elements):
-        groups.append((el["seqs"][0][0], [r for _, r in el["seqs"]]))
-        group += [g] * len(el["seqs"])
+        groups.append((el["prompt"], el["responses"]))
+        group += [g] * len(el["responses"])
         level += el["level"]
     return groups, group, level
+
+
+def element_length(el: dict) -> int:
+    """Tokens of an element's longest (prompt, response) sequence: the key batches group by."""
+    return len(el["prompt"]) + max(len(r) for r in el["responses"])
 
 
 def forward_batch(model, elements: list[dict], pad_id: int):
@@ -141,8 +147,8 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
         print(f"{stage}: resuming at step {step} from {ckpt.path}")
     log = MetricsLog(out / "metrics.jsonl", resume_step=step)
     order = random.Random(c.seed)
-    plan = [b for _ in range(c.epochs) for b in batches(
-        train_el, c.batch_size, order, length=lambda el: max(len(q) + len(r) for q, r in el["seqs"]))]
+    plan = [b for _ in range(c.epochs)
+            for b in batches(train_el, c.batch_size, order, length=element_length)]
     bar = tqdm(total=total, initial=step, desc=stage, unit="step")
     model.train()
     for i in range(step, total):
