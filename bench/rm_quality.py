@@ -32,6 +32,11 @@
     6 rounds 2 epochs 7.0, 3 epochs 5.9 (on the demo's selected SFT model); this bench's
     own run, `--rounds 6 --set collect.n_prompts=1520 --set collect.n_valid_prompts=187
     --set collect.heldout_share=1.0 --set rm.epochs=4` (~40 min): 61.9 % vs 68.4 %, gap 6.5.
+    With the long recipe (each train prompt 6 times per round, 3 epochs): 1 round of K = 6
+    (9,100 rankings) 61.8 % vs 71.6 %, gap 10.3; plus a round of K = 9 (17,800) 63.6 % vs
+    68.9 %, gap 5.3; and the target met with 3 rounds of K = 9 (26,800 rankings, 68 min):
+    `--recipe recipes/sandbox-long.yaml --rounds 3 --set collect.k=9 --work runs/bench-rm27`
+    65.7 % (16,963 pairs) vs 70.4 % (training vs training 70.0 %), gap 4.6.
     At the demo's scale more epochs and K = 9 (36 pairs per prompt) did not help: 780
     rankings of K = 6 held-out 54.8 % (1 epoch), 55.1 % (3); 577 of K = 9: 57.4 %, 56.4 %;
     1,489 of K = 9: 58.1 %, 58.9 % (2 epochs); the demo itself with K = 9 on 600 prompts:
