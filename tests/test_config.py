@@ -75,3 +75,26 @@ def test_a_stage_in_a_run_directory_keeps_the_runs_settings(tmp_path):
     other = tmp_path / "other.yaml"
     other.write_text("ppo:\n  episodes: 5120\n")
     assert run_config(args(recipe=str(other))).ppo.episodes == 5120
+
+
+def test_a_run_continued_with_other_settings_says_which(tmp_path, capsys):
+    """config_changes lists exactly the differing settings; the pipeline (and the RM bench)
+    print them on stderr before reusing a run directory's done stages, and say nothing when
+    the settings are the same or the directory is new."""
+    from instructrl.config import config_changes
+    from instructrl.pipeline import warn_settings_changed
+    from instructrl.rundir import RunDir
+
+    old = load_config(None, ["collect.k=6"])
+    new = load_config(None, ["collect.k=9", "rm.epochs=3"])
+    assert config_changes(old, new) == ["collect.k: 6 -> 9", "rm.epochs: 1 -> 3"]
+    assert config_changes(new, new) == []
+    run = RunDir(tmp_path / "run")
+    warn_settings_changed(run, new, "pipeline")  # no config.yaml yet
+    run.root.mkdir()
+    (run.root / "config.yaml").write_text(dump_config(old))
+    warn_settings_changed(run, old, "pipeline")
+    assert capsys.readouterr().err == ""
+    warn_settings_changed(run, new, "pipeline")
+    err = capsys.readouterr().err
+    assert "collect.k: 6 -> 9; rm.epochs: 1 -> 3" in err and str(run.root) in err

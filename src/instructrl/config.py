@@ -410,3 +410,10 @@ def dump_config(cfg: RunConfig) -> str:
             return [plain(v) for v in x]
         return x
     return yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)
+
+
+def config_changes(old: RunConfig, new: RunConfig) -> list[str]:
+    """"section.key: old -> new" for every setting that differs."""
+    a, b = old.to_dict(), new.to_dict()
+    return [f"{s}.{k}: {a[s][k]!r} -> {b[s][k]!r}" for s in b for k in b[s]
+            if a[s][k] != b[s][k]]

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 from instructrl.cli import add_common
-from instructrl.config import RunConfig, dump_config, load_config
+from instructrl.config import RunConfig, config_changes, dump_config, load_config
 from instructrl.data.jsonl import atomic_write_text
 from instructrl.rundir import RunDir
 
@@ -86,11 +87,26 @@ def base_model(cfg: RunConfig, run: RunDir, timer: Timer) -> Path:
     return base
 
 
+def warn_settings_changed(run: RunDir, cfg: RunConfig, who: str) -> None:
+    """Say on stderr which settings differ from the run's own config.yaml: stages already
+    done there are kept as they were made (resuming skips them), so a run continued with
+    other settings mixes both."""
+    own = run.root / "config.yaml"
+    if not own.exists():
+        return
+    changes = config_changes(load_config(own), cfg)
+    if changes:
+        print(f"{who}: {run.root} was run with other settings: {'; '.join(changes)}. "
+              f"Stages already done there are kept as they were made; use a new --out to "
+              f"run everything with these settings.", file=sys.stderr)
+
+
 def run_pipeline(cfg: RunConfig, out: str | Path) -> dict:
     from instructrl.stages import collect, ppo, reward, sft
 
     run = RunDir(out)
     run.root.mkdir(parents=True, exist_ok=True)
+    warn_settings_changed(run, cfg, "pipeline")
     atomic_write_text(run.root / "config.yaml", dump_config(cfg))
     timer = Timer()
     base = base_model(cfg, run, timer)
