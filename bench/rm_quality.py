@@ -35,7 +35,7 @@
     With the long recipe (each train prompt 6 times per round, 3 epochs): 1 round of K = 6
     (9,100 rankings) 61.8 % vs 71.6 %, gap 10.3; plus a round of K = 9 (17,800) 63.6 % vs
     68.9 %, gap 5.3; and the target met with 3 rounds of K = 9 (26,800 rankings, 68 min):
-    `--recipe recipes/sandbox-long.yaml --rounds 3 --set collect.k=9 --work runs/bench-rm27`
+    `--recipe recipes/sandbox-long.yaml --rounds 3 --set collect.k=9 --work runs/bench-rm-long`
     65.7 % (16,963 pairs) vs 70.4 % (training vs training 70.0 %), gap 4.6.
     At the demo's scale more epochs and K = 9 (36 pairs per prompt) did not help: 780
     rankings of K = 6 held-out 54.8 % (1 epoch), 55.1 % (3); 577 of K = 9: 57.4 %, 56.4 %;
