@@ -86,14 +86,11 @@ def rate(agree: int, total: int) -> float | None:
 
 # -- (a) sandbox ---------------------------------------------------------------------------
 def run_sandbox_stages(cfg, run, init: Path, timer, rounds: int = 1) -> None:
-    from instructrl.config import dump_config
-    from instructrl.data.jsonl import atomic_write_text
-    from instructrl.pipeline import prepare_sandbox_data, warn_settings_changed
+    from instructrl.pipeline import prepare_sandbox_data, write_run_config
     from instructrl.stages import collect, reward, sft
 
     run.root.mkdir(parents=True, exist_ok=True)
-    warn_settings_changed(run, cfg, "rm_quality")
-    atomic_write_text(run.root / "config.yaml", dump_config(cfg))
+    write_run_config(run, cfg, "rm_quality")
     if not (run.data / "demonstrations.jsonl").exists():
         prepare_sandbox_data(cfg, run, timer)
     timer.run("sft", run.is_done("sft"), sft.train, cfg, run, init)

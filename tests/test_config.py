@@ -82,7 +82,7 @@ def test_a_run_continued_with_other_settings_says_which(tmp_path, capsys):
     print them on stderr before reusing a run directory's done stages, and say nothing when
     the settings are the same or the directory is new."""
     from instructrl.config import config_changes
-    from instructrl.pipeline import warn_settings_changed
+    from instructrl.pipeline import write_run_config
     from instructrl.rundir import RunDir
 
     old = load_config(None, ["collect.k=6"])
@@ -90,11 +90,13 @@ def test_a_run_continued_with_other_settings_says_which(tmp_path, capsys):
     assert config_changes(old, new) == ["collect.k: 6 -> 9", "rm.epochs: 1 -> 3"]
     assert config_changes(new, new) == []
     run = RunDir(tmp_path / "run")
-    warn_settings_changed(run, new, "pipeline")  # no config.yaml yet
     run.root.mkdir()
+    write_run_config(run, new, "pipeline")  # no config.yaml yet
+    assert (run.root / "config.yaml").read_text() == dump_config(new)
     (run.root / "config.yaml").write_text(dump_config(old))
-    warn_settings_changed(run, old, "pipeline")
+    write_run_config(run, old, "pipeline")
     assert capsys.readouterr().err == ""
-    warn_settings_changed(run, new, "pipeline")
+    write_run_config(run, new, "pipeline")
     err = capsys.readouterr().err
     assert "collect.k: 6 -> 9; rm.epochs: 1 -> 3" in err and str(run.root) in err
+    assert (run.root / "config.yaml").read_text() == dump_config(new)

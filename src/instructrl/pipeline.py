@@ -87,18 +87,17 @@ def base_model(cfg: RunConfig, run: RunDir, timer: Timer) -> Path:
     return base
 
 
-def warn_settings_changed(run: RunDir, cfg: RunConfig, who: str) -> None:
-    """Say on stderr which settings differ from the run's own config.yaml: stages already
-    done there are kept as they were made (resuming skips them), so a run continued with
-    other settings mixes both."""
+def write_run_config(run: RunDir, cfg: RunConfig, who: str) -> None:
+    """Record `cfg` as the run's config.yaml, first saying on stderr which settings differ
+    from the one already there: stages already done are kept as they were made (resuming
+    skips them), so a run continued with other settings mixes both."""
     own = run.root / "config.yaml"
-    if not own.exists():
-        return
-    changes = config_changes(load_config(own), cfg)
+    changes = config_changes(load_config(own), cfg) if own.exists() else []
     if changes:
         print(f"{who}: {run.root} was run with other settings: {'; '.join(changes)}. "
               f"Stages already done there are kept as they were made; use a new --out to "
               f"run everything with these settings.", file=sys.stderr)
+    atomic_write_text(own, dump_config(cfg))
 
 
 def run_pipeline(cfg: RunConfig, out: str | Path) -> dict:
@@ -106,8 +105,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path) -> dict:
 
     run = RunDir(out)
     run.root.mkdir(parents=True, exist_ok=True)
-    warn_settings_changed(run, cfg, "pipeline")
-    atomic_write_text(run.root / "config.yaml", dump_config(cfg))
+    write_run_config(run, cfg, "pipeline")
     timer = Timer()
     base = base_model(cfg, run, timer)
     if not (run.data / "demonstrations.jsonl").exists():
