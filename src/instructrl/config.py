@@ -263,6 +263,92 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """How every stage loads a model (DESIGN.md section 6): one place, `instructrl.modeling`.
+    Models are named by `pipeline.base_model`, `--init`, `--rm`, ...: 'sandbox', a
+    save_pretrained directory, a hub id (through the Hugging Face cache; offline-aware), or a
+    GGUF file (`path/model.gguf`, or a directory holding exactly one)."""
+
+    dtype: str = "auto"
+    """auto | fp32 | bf16 | fp16: the dtype weights are loaded in. auto is fp32 on a CPU
+    (no bf16 hardware: measured 4x slower) and bf16 on a GPU that supports it, else fp32."""
+    attn_implementation: str | None = None
+    """eager | sdpa | flash_attention_2 | ...; None lets transformers choose."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass of trained models (memory for compute)."""
+    trust_remote_code: bool = False
+    """Run model code shipped with a hub checkpoint. Off: only transformers' own classes."""
+    chat_template: str | None = None
+    """None: the tokenizer's own chat template (the sandbox template when it has none);
+    'none': the plain sandbox template even when the tokenizer has one; else a path to a
+    Jinja file, or the Jinja template itself."""
+    system_prompt: str | None = None
+    """None: what the chat template does without a system turn (some add a default one);
+    a string: this system turn before every prompt ('' for an empty one)."""
+
+    def validate(self) -> None:
+        _check(self.dtype in ("auto", "fp32", "bf16", "fp16"), "model.dtype",
+               "must be one of auto, fp32, bf16, fp16")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """LoRA adapters through peft for SFT, RM and PPO (Hu et al. 2021). Off when r is 0. The
+    policy trains an adapter and PPO's reference is the same weights with the adapter
+    disabled; the RM and the value function train an adapter plus their whole scalar head."""
+
+    r: int = 0
+    """Adapter rank; 0 turns LoRA off (full fine-tuning, the paper's setting)."""
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("all-linear",)
+    """Module names (or suffixes) that get adapters; ('all-linear',) is every linear layer
+    but the output one (peft's shorthand)."""
+    stages: tuple[str, ...] = ("sft", "rm", "ppo")
+    """Which stages train adapters; the others train every weight."""
+
+    def validate(self) -> None:
+        _check(self.r >= 0, "lora.r", "must be >= 0 (0 turns LoRA off)")
+        _check(0 <= self.dropout < 1, "lora.dropout", "must be in [0, 1)")
+        _check(len(self.target_modules) >= 1, "lora.target_modules", "name at least one module")
+        _check(set(self.stages) <= {"sft", "rm", "ppo"}, "lora.stages",
+               "may only name sft, rm and ppo")
+
+
+@dataclass(frozen=True)
+class SourcesConfig:
+    """A user's own data, read by `instructrl data import` and by `instructrl pipeline` into
+    RUN/data (prompts, demonstrations, rankings, ptx). Each entry is a mapping:
+    {path: a local file (jsonl, json, csv, parquet) or a hub dataset id, format: auto |
+    messages | alpaca | dolly | self-instruct | pairs | hh | rankings | prompts | text,
+    name: hub config, split: hub split, data_dir: hub sub-directory, limit: N,
+    columns: {field: column} for anything else}. Empty everywhere: the sandbox provides the
+    data."""
+
+    prompts: tuple[dict, ...] = ()
+    """Prompts without responses (PPO and collection prompts)."""
+    demonstrations: tuple[dict, ...] = ()
+    """(prompt, response) data for SFT: chat messages, Alpaca, Dolly, self-instruct, ..."""
+    preferences: tuple[dict, ...] = ()
+    """Pairs (prompt, chosen, rejected), HH dialogues, or K-wise rankings, for the RM."""
+    ptx: tuple[dict, ...] = ()
+    """Pretraining text for the ptx loss (App. C.3/C.4): a text column of any data set."""
+    valid_fraction: float = 0.1
+    """Share of users (of prompts, when the data has no user ids) put in the valid split."""
+    test_fraction: float = 0.1
+    """Share of users (of prompts, when the data has no user ids) put in the test split."""
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(0 <= self.valid_fraction and 0 <= self.test_fraction
+               and self.valid_fraction + self.test_fraction < 1,
+               "sources.valid_fraction", "valid + test fractions must be in [0, 1)")
+
+    def any(self) -> bool:
+        return bool(self.prompts or self.demonstrations or self.preferences or self.ptx)
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """`instructrl pipeline`: rounds of collect -> label -> RM -> PPO after the first pass."""
 
@@ -284,6 +370,9 @@ class RunConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
 
     def validate(self) -> "RunConfig":
         for f in dataclasses.fields(self):
@@ -334,6 +423,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return float(value)
         except ValueError:
             pass
+    if tp is dict:
+        # A mapping inside a section (a data source): its keys are checked where it is used.
+        if not isinstance(value, dict):
+            raise InputError(f"expected a mapping, got {value!r}", path=source, field=key)
+        return dict(value)
     if tp in (int, float, str, bool):
         if isinstance(value, bool) and tp is not bool:
             raise InputError(f"expected {tp.__name__}, got {value!r}", path=source, field=key)
