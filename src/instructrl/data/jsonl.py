@@ -69,3 +69,33 @@ def write_records(path: str | os.PathLike, records: Iterable[Any]) -> int:
              for r in records]
     atomic_write_text(path, "".join(line + "\n" for line in lines))
     return len(lines)
+
+
+def write_record_files(directory: str | os.PathLike, files: dict[str, Iterable[Any]]
+                       ) -> dict[str, int]:
+    """Write several JSON-lines files into `directory` as one step: every file to a temp name
+    first, then all renamed, so a failure while writing (a bad record, a full disk) leaves
+    each old file as it was and no new one half-written. Returns lines written per file."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmps: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    try:
+        for name, records in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+            tmps[name] = tmp
+            n = 0
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for r in records:
+                    f.write(json.dumps(r if isinstance(r, dict) else r.to_dict(),
+                                       ensure_ascii=False) + "\n")
+                    n += 1
+                f.flush()
+                os.fsync(f.fileno())
+            counts[name] = n
+        for name, tmp in tmps.items():
+            os.replace(tmp, directory / name)
+    finally:
+        for tmp in tmps.values():
+            Path(tmp).unlink(missing_ok=True)
+    return counts

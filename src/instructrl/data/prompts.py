@@ -4,6 +4,7 @@ user, split train/valid/test *by user ID* so that no user's prompts appear in tw
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -51,16 +52,31 @@ def split_by_user(prompts: list[Prompt], valid_fraction: float, test_fraction: f
     """Assign whole users to train / valid / test (fractions of users, not prompts)."""
     users = sorted({p.user_id for p in prompts})
     random.Random(seed).shuffle(users)
-    n = len(users)
-
-    def count(frac: float) -> int:
-        # A non-zero fraction gets at least one user once there are enough users to go round.
-        return max(1, round(frac * n)) if frac > 0 and n >= 3 else round(frac * n)
-
-    n_valid, n_test = count(valid_fraction), count(test_fraction)
+    n_valid = _split_count(valid_fraction, len(users))
+    n_test = _split_count(test_fraction, len(users))
     split = {u: "valid" for u in users[:n_valid]}
     split.update({u: "test" for u in users[n_valid:n_valid + n_test]})
     return [dataclasses.replace(p, split=split.get(p.user_id, "train")) for p in prompts]
+
+
+def _split_count(frac: float, n: int) -> int:
+    # A non-zero fraction gets at least one unit once there are enough units to go round.
+    return max(1, round(frac * n)) if frac > 0 and n >= 3 else round(frac * n)
+
+
+def split_keys(keys, valid_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
+    """key -> "train" / "valid" / "test" for distinct keys (user ids, or prompt ids of prompts
+    that are their own user). Which keys is decided by a seeded hash of each key, not by the
+    order or the set they come in: a key keeps its split when others are added or removed
+    (a `limit`, another source), except at the margin the fractions move. `split_by_user`
+    shuffles instead; the sandbox's recorded figures rest on it, so it stays as it is."""
+    order = sorted(set(keys), key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+    n_valid = _split_count(valid_fraction, len(order))
+    n_test = _split_count(test_fraction, len(order))
+    split = {k: "valid" for k in order[:n_valid]}
+    split.update({k: "test" for k in order[n_valid:n_valid + n_test]})
+    split.update({k: "train" for k in order[n_valid + n_test:]})
+    return split
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from instructrl.errors import InputError
 CATEGORIES = ("generation", "open_qa", "brainstorming", "chat", "rewrite", "summarization",
               "classification", "closed_qa", "extract", "harmful", "other")
 STYLES = ("plain", "few-shot", "user-based")  # paper section 3.2
+ROLES = ("system", "user", "assistant")  # chat turns, as chat templates name them
 SPLITS = ("train", "valid", "test")
 # Paper Table 3 / App. B metadata a labeler may attach to a response.
 FLAGS = ("fails_instruction", "hallucination", "inappropriate", "sexual", "violent",
@@ -53,6 +54,47 @@ def _unknown(d: dict, known: set[str]) -> None:
         raise InputError(f"unknown field (known: {', '.join(sorted(known))})", field=extra[0])
 
 
+def check_messages(value: Any, name: str = "messages") -> list[dict]:
+    """A chat prompt: a list of {"role", "content"} turns, roles system / user / assistant, a
+    system turn only first, ending with a non-empty user turn (the turn the model answers).
+    Returns fresh {"role", "content"} dicts; InputError(field="messages[i].role") if not."""
+    if not isinstance(value, list):
+        raise InputError(f"expected a list of {{role, content}} turns, got "
+                         f"{type(value).__name__}", field=name)
+    if not value:
+        raise InputError("must hold at least one user turn", field=name)
+    out = []
+    for i, turn in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(turn, dict):
+            raise InputError("expected an object {role, content}", field=where)
+        extra = sorted(set(turn) - {"role", "content"})
+        if extra:
+            raise InputError("unknown field (known: content, role)", field=f"{where}.{extra[0]}")
+        role, content = turn.get("role"), turn.get("content")
+        if role not in ROLES:
+            raise InputError(f"expected one of {', '.join(ROLES)}, got {role!r}",
+                             field=f"{where}.role")
+        if role == "system" and i > 0:
+            raise InputError("a system turn may only come first", field=f"{where}.role")
+        if not isinstance(content, str):
+            raise InputError(f"expected str, got {type(content).__name__}",
+                             field=f"{where}.content")
+        out.append({"role": role, "content": content})
+    if out[-1]["role"] != "user":
+        raise InputError("the last turn must be the user's (the turn the model answers), got "
+                         f"{out[-1]['role']!r}", field=f"{name}[{len(out) - 1}].role")
+    if not out[-1]["content"].strip():
+        raise InputError("must not be empty", field=f"{name}[{len(out) - 1}].content")
+    return out
+
+
+def messages_text(messages: list[dict]) -> str:
+    """A readable rendering of chat turns ("User: ...\n\nAssistant: ..."), the `text` of a
+    multi-turn prompt: for people and ids, never what a model sees (templates.py is)."""
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
+
+
 @dataclass(frozen=True)
 class Prompt:
     id: str
@@ -62,10 +104,18 @@ class Prompt:
     style: str = "plain"
     split: str | None = None
     meta: dict = field(default_factory=dict)  # task spec for program checkers (sandbox)
+    # Chat turns of a multi-turn prompt (or one with a system turn), ending with the user's;
+    # None for a single user turn, which `text` holds. `text` stays a readable rendering.
+    messages: list[dict] | None = None
+
+    @property
+    def chat(self) -> str | list[dict]:
+        """What a model is prompted with (templates.format_prompt): the turns, else the text."""
+        return self.messages if self.messages is not None else self.text
 
     @classmethod
     def from_dict(cls, d: dict) -> "Prompt":
-        _unknown(d, {"id", "user_id", "text", "category", "style", "split", "meta"})
+        _unknown(d, {"id", "user_id", "text", "category", "style", "split", "meta", "messages"})
         category = _get(d, "category", str, required=False, default="other")
         if category not in CATEGORIES:
             raise InputError(f"unknown category {category!r} (one of {', '.join(CATEGORIES)})",
@@ -78,12 +128,17 @@ class Prompt:
         if split is not None and split not in SPLITS:
             raise InputError(f"unknown split {split!r} (one of {', '.join(SPLITS)})",
                              field="split")
+        messages = d.get("messages")
         return cls(id=_nonempty(d, "id"), user_id=_nonempty(d, "user_id"),
                    text=_nonempty(d, "text"), category=category, style=style, split=split,
-                   meta=_get(d, "meta", dict, required=False, default={}))
+                   meta=_get(d, "meta", dict, required=False, default={}),
+                   messages=None if messages is None else check_messages(messages))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["messages"] is None:  # single-turn prompts' lines stay as they were
+            del d["messages"]
+        return d
 
 
 @dataclass(frozen=True)
