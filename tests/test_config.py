@@ -17,10 +17,10 @@ def test_defaults_are_the_papers():
 def test_recipe_and_overrides(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("sft:\n  epochs: 3\n  lr: 1\nppo:\n  betas: [0.9, 0.99]\n")
-    cfg = load_config(path, ["sft.epochs=2", "ppo.missing_eos_penalty=-1", "rm.lr=1e-3"])
+    cfg = load_config(path, ["sft.epochs=2", "ppo.missing_eos_score=-1", "rm.lr=1e-3"])
     assert cfg.rm.lr == 1e-3
     assert cfg.sft.epochs == 2 and cfg.sft.lr == 1.0 and isinstance(cfg.sft.lr, float)
-    assert cfg.ppo.betas == (0.9, 0.99) and cfg.ppo.missing_eos_penalty == -1.0
+    assert cfg.ppo.betas == (0.9, 0.99) and cfg.ppo.missing_eos_score == -1.0
     again = tmp_path / "again.yaml"
     again.write_text(dump_config(cfg))
     assert load_config(again) == cfg

@@ -59,8 +59,10 @@ def test_one_minibatch_equals_accumulated_micro_batches(tiny_run, make_cfg, tiny
     init_value = state(ScalarHeadModel.from_pretrained(tiny_rm_dir))
     whole, whole_row = results[16]
     assert "loss/ptx" in whole_row
-    moved = max(float((whole["policy"][k] - init_policy[k]).abs().max()) for k in init_policy)
-    moved_v = max(float((whole["value"][k] - init_value[k]).abs().max()) for k in init_value)
+    # The checkpoint holds the trained parameters (every one here: no LoRA).
+    assert whole["policy"].keys() == dict(load_causal_lm(tiny_model_dir).named_parameters()).keys()
+    moved = max(float((whole["policy"][k] - init_policy[k]).abs().max()) for k in whole["policy"])
+    moved_v = max(float((whole["value"][k] - init_value[k]).abs().max()) for k in whole["value"])
     assert moved > 1e-4 and moved_v > 1e-4  # the update is large next to the tolerance
     for micro in (8, 4):
         ckpt, row = results[micro]
@@ -75,7 +77,7 @@ def test_one_minibatch_equals_accumulated_micro_batches(tiny_run, make_cfg, tiny
 def test_value_function_starts_as_the_reward_model(tiny_run, make_cfg, tiny_model_dir,
                                                    tiny_rm_dir):
     cfg = make_cfg()
-    m = ppo.load_models(tiny_model_dir, tiny_model_dir, tiny_rm_dir, tiny_rm_dir,
+    m = ppo.load_models(cfg, tiny_model_dir, tiny_model_dir, tiny_rm_dir, tiny_rm_dir,
                         torch.device("cpu"))
     assert float(m.value.bias) == float(m.rm.bias) == pytest.approx(0.37)
     tok = load_tokenizer(tiny_model_dir)
@@ -105,8 +107,8 @@ def test_reward_fn_replaces_the_reward_model_score(tiny_run, make_cfg, tiny_mode
                                                   tiny_rm_dir):
     # A text reward (here: the number of characters) takes the RM's place in the rollout;
     # the EOS trick still applies on top of it.
-    cfg = make_cfg("ppo.missing_eos_penalty=-9.0")
-    m = ppo.load_models(tiny_model_dir, tiny_model_dir, tiny_rm_dir, tiny_rm_dir,
+    cfg = make_cfg("ppo.missing_eos_score=-9.0")
+    m = ppo.load_models(cfg, tiny_model_dir, tiny_model_dir, tiny_rm_dir, tiny_rm_dir,
                         torch.device("cpu"))
     tok = load_tokenizer(tiny_model_dir)
     prompts = RunDir(tiny_run).prompts("train")[:16]
@@ -281,8 +283,8 @@ def test_plain_ppo_has_no_ptx_and_needs_no_pretraining_data(tiny_run, make_cfg, 
 
 
 def test_missing_eos_gets_exactly_the_penalty(tiny_run, make_cfg, tiny_model_dir, tiny_rm_dir):
-    cfg = make_cfg("ppo.max_new_tokens=3", "ppo.missing_eos_penalty=-7.5")
-    m = ppo.load_models(tiny_model_dir, tiny_model_dir, tiny_rm_dir, tiny_rm_dir,
+    cfg = make_cfg("ppo.max_new_tokens=3", "ppo.missing_eos_score=-7.5")
+    m = ppo.load_models(cfg, tiny_model_dir, tiny_model_dir, tiny_rm_dir, tiny_rm_dir,
                         torch.device("cpu"))
     tok = load_tokenizer(tiny_model_dir)
     prompts = RunDir(tiny_run).prompts("train")[:16]

@@ -134,7 +134,7 @@ def test_select_by_reward_model_writes_table_and_installs_best_epoch(
 
     # Install a worse epoch at sft/, then select again: the RM's choice replaces it.
     other = next(e for e in table if e != best)
-    sft.install_epoch(out, other, {"epoch": other})
+    sft.install_epoch(cfg, out, other, {"epoch": other})
     assert same_weights(weights(out), weights(out / "epochs" / f"{other:02d}"))
     sel = sft.select(cfg, run, tiny_rm_dir)
     assert sel["epoch"] == best and sel["table"] == first["table"]

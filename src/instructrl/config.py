@@ -137,6 +137,10 @@ class SFTConfig:
     weight_decay: float = 0.0
     dropout: float = 0.2  # residual dropout 0.2 (App. C.1)
     batch_size: int = 32
+    """Sequences per optimizer step."""
+    micro_batch_size: int | None = None
+    """Sequences per forward/backward; the step's gradient is accumulated over micro-batches
+    (None: the whole batch at once). Same step, less memory."""
     max_prompt_tokens: int = 64
     max_response_tokens: int = 64
     ptx_fraction: float = 0.0
@@ -149,6 +153,8 @@ class SFTConfig:
         _check(self.epochs >= 1, "sft.epochs", "must be >= 1")
         _check(0 <= self.dropout < 1, "sft.dropout", "must be in [0, 1)")
         _check(0 <= self.ptx_fraction < 1, "sft.ptx_fraction", "must be in [0, 1)")
+        _check(self.micro_batch_size is None or 1 <= self.micro_batch_size <= self.batch_size,
+               "sft.micro_batch_size", "must be between 1 and sft.batch_size")
 
 
 @dataclass(frozen=True)
@@ -190,6 +196,9 @@ class RMConfig:
     weight_decay: float = 0.0
     batch_size: int = 64
     """Counted in prompts: all C(K,2) pairs of one prompt are one batch element."""
+    micro_batch_size: int | None = None
+    """Prompts per forward/backward; the step's gradient is accumulated over micro-batches
+    (None: the whole batch at once). Same step, less memory."""
     max_prompt_tokens: int = 64
     max_response_tokens: int = 64
     checkpoint_every: int = 50
@@ -198,6 +207,8 @@ class RMConfig:
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "rm.epochs", "must be >= 1")
+        _check(self.micro_batch_size is None or 1 <= self.micro_batch_size <= self.batch_size,
+               "rm.micro_batch_size", "must be between 1 and rm.batch_size")
 
 
 @dataclass(frozen=True)
@@ -229,8 +240,11 @@ class PPOConfig:
     temperature: float = 1.0  # App. C.4: sampled at temperature 1
     max_prompt_tokens: int = 64
     max_new_tokens: int = 64
-    missing_eos_penalty: float | None = None
-    """If set, a response with no EOS gets this score instead of the RM's (EOS trick)."""
+    missing_eos_score: float | None = None
+    """If set, a response with no EOS gets this score INSTEAD of the RM's (the "EOS trick" of
+    lm-human-preferences). Not TRL's `missing_eos_penalty`, which is subtracted from the
+    score: a TRL user's positive penalty would reward never ending here, so give the low
+    score itself (e.g. -1)."""
     ptx_coef: float = 27.8  # gamma (App. C.4); 0 is plain PPO
     ptx_per_episode: int = 8  # App. C.4: 8x as many pretraining examples as episodes
     ptx_max_tokens: int = 128
@@ -248,6 +262,10 @@ class PPOConfig:
                "must be divisible by ppo.micro_batch_size")
         _check(self.episodes >= self.batch_size, "ppo.episodes", "must be >= ppo.batch_size")
         _check(0 <= self.ema_decay < 1, "ppo.ema_decay", "must be in [0, 1)")
+        # Sampling divides the logits by the temperature and the log-probs are those of the
+        # distribution sampled from: 0 (greedy) has no log-probs to take a KL or a ratio of.
+        _check(self.temperature > 0, "ppo.temperature",
+               "must be > 0 (PPO needs the sampling distribution's log-probs; paper: 1)")
 
 
 @dataclass(frozen=True)
@@ -437,6 +455,15 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r} for {key}")
 
 
+# Keys that were renamed, with why, so an old recipe gets a pointer instead of a key list.
+RENAMED = {
+    "ppo.missing_eos_penalty": "renamed to ppo.missing_eos_score: it REPLACES the score of a "
+                               "response without EOS (lm-human-preferences), while TRL's "
+                               "missing_eos_penalty is subtracted; give the score itself, "
+                               "e.g. -1",
+}
+
+
 def _apply(cfg: RunConfig, updates: dict[str, dict[str, Any]], source: str) -> RunConfig:
     sections = {f.name: f for f in dataclasses.fields(RunConfig)}
     new_sections = {}
@@ -451,6 +478,8 @@ def _apply(cfg: RunConfig, updates: dict[str, dict[str, Any]], source: str) -> R
         known = {f.name for f in dataclasses.fields(section)}
         changes = {}
         for key, value in values.items():
+            if f"{name}.{key}" in RENAMED:
+                raise InputError(RENAMED[f"{name}.{key}"], path=source, field=f"{name}.{key}")
             if key not in known:
                 raise InputError(f"unknown key (known: {', '.join(sorted(known))})",
                                  path=source, field=f"{name}.{key}")

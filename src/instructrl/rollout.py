@@ -86,9 +86,16 @@ def _as_tensor_ids(ids: int | Sequence[int], device) -> torch.Tensor:
 
 
 # -- sampling ---------------------------------------------------------------------------------
+def _forward_params(model):
+    """The parameters of the model's own forward, under a peft wrapper (whose forward takes
+    **kwargs and passes them on)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inspect.signature(inner.forward).parameters
+
+
 def cache_kwarg(model) -> str:
     """transformers >= 5.? names the KV cache argument `cache`; earlier, `past_key_values`."""
-    params = inspect.signature(model.forward).parameters
+    params = _forward_params(model)
     return "cache" if "cache" in params else "past_key_values"
 
 
@@ -102,7 +109,7 @@ def output_cache(out):
 def _last_logits_only(model) -> dict:
     """Ask for the last position's logits only where the model supports it: the prefill
     then never materialises (B,Q,V) logits (large for big vocabularies)."""
-    params = inspect.signature(model.forward).parameters
+    params = _forward_params(model)
     return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 

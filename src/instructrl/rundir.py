@@ -48,9 +48,14 @@ class RunDir:
     def heldout_labelers(self) -> set[str]:
         return {lab.id for lab in self.labelers() if lab.heldout}
 
-    def ptx_texts(self) -> list[str]:
+    def ptx_texts(self, why: str = "the pretraining mix") -> list[str]:
         """Pretraining text for the ptx loss: RUN/data/ptx.jsonl lines of {"text": ...}."""
         path = self.data / "ptx.jsonl"
+        if not path.exists():
+            raise InputError(f"no pretraining text, needed for {why}: write JSON lines "
+                             f'{{"text": "..."}} here, or import a text data set with '
+                             f"`instructrl data import --out {self.root} --ptx SRC`",
+                             path=str(path))
         out = []
         for lineno, obj in read_jsonl(path):
             if not isinstance(obj.get("text"), str):

@@ -23,15 +23,19 @@ import random
 import time
 from pathlib import Path
 
-import torch
-
 from instructrl.cli import add_common, run_config
 from instructrl.config import CollectConfig, RunConfig
 from instructrl.data.jsonl import read_jsonl, write_records
 from instructrl.data.records import Prompt, Ranking, Response
 from instructrl.generation import sample_texts
-from instructrl.modeling import load_causal_lm, load_tokenizer, resolve_model_path
+from instructrl.errors import InputError
+from instructrl.modeling import default_device, load_causal_lm, load_tokenizer, resolve_model_path
 from instructrl.rundir import RunDir
+
+
+def is_sandbox_prompt(p: Prompt) -> bool:
+    """Written by the sandbox's simulated users: its task spec is what its labelers check."""
+    return "task" in p.meta
 
 
 def round_prompts(prompts: list[Prompt], n: int, rnd: int, seed: int) -> list[Prompt]:
@@ -52,16 +56,16 @@ def split_k(k: int, n_policies: int) -> list[int]:
 
 
 def collect_samples(policies: dict[str, Path], prompts: list[Prompt], c: CollectConfig,
-                    seed: int) -> list[dict]:
+                    seed: int, model_cfg=None) -> list[dict]:
     """{prompt_id, responses: [{text, policy}]} for each prompt, K responses, policies mixed
     in a per-prompt shuffled order (so position says nothing about the policy)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     # One response list per entry of `prompts` (a prompt may appear more than once).
     per_row: list[list[Response]] = [[] for _ in prompts]
     for (name, path), quota in zip(policies.items(), split_k(c.k, len(policies))):
-        tok = load_tokenizer(path)
-        model = load_causal_lm(path).to(device)
-        texts = [p.text for p in prompts for _ in range(quota)]
+        tok = load_tokenizer(path, model_cfg)
+        model = load_causal_lm(path, model_cfg=model_cfg).to(device)
+        texts = [p.chat for p in prompts for _ in range(quota)]
         owners = [i for i in range(len(prompts)) for _ in range(quota)]
         outs = sample_texts(model, tok, texts, max_prompt_tokens=c.max_prompt_tokens,
                             max_new_tokens=c.max_new_tokens, temperature=c.temperature,
@@ -86,8 +90,14 @@ def sandbox_rankings(cfg: RunConfig, prompts: dict[str, Prompt], samples: list[d
     from instructrl.sandbox.generate import Sandbox
     from instructrl.sandbox.labelers import assign
 
-    sb = Sandbox(cfg.sandbox)
     ps = [prompts[s["prompt_id"]] for s in samples]
+    foreign = [p.id for p in ps if not is_sandbox_prompt(p)]
+    if foreign:
+        raise InputError(f"the sandbox's labelers judge only sandbox prompts, and "
+                         f"{len(foreign)} of these are not (e.g. {foreign[0]}): leave the "
+                         f"samples for people (--label none, then the labeling app) or train "
+                         f"the RM on preferences you have", field="--label")
+    sb = Sandbox(cfg.sandbox)
     resp = [[Response(r["text"], r["policy"]) for r in s["responses"]] for s in samples]
     out = sb.label_rankings(ps, resp, salt=str(rnd))
     rng = random.Random(f"heldout:{cfg.collect.seed}:{rnd}")
@@ -98,18 +108,29 @@ def sandbox_rankings(cfg: RunConfig, prompts: dict[str, Prompt], samples: list[d
     return out
 
 
+def default_label(run: RunDir) -> str | None:
+    """'sandbox' when every prompt of the run is the sandbox's, else None (people rank)."""
+    prompts = run.prompts()
+    return "sandbox" if prompts and all(is_sandbox_prompt(p) for p in prompts) else None
+
+
 def collect(cfg: RunConfig, run: RunDir, policies: dict[str, str | Path], rnd: int,
-            label: str | None = "sandbox") -> Path:
+            label: str | None = "auto") -> Path:
     c = cfg.collect
     stage = f"collect-{rnd}"
     out = run.stage(stage)
-    resolved = {name: resolve_model_path(path) for name, path in policies.items()}
+    if label == "auto":
+        label = default_label(run)
+    trust = cfg.model.trust_remote_code
+    resolved = {name: resolve_model_path(path, trust_remote_code=trust)
+                for name, path in policies.items()}
     train = round_prompts(run.prompts("train"), c.n_prompts, rnd, c.seed)
     valid = round_prompts(run.prompts("valid"), c.n_valid_prompts, rnd, c.seed)
     samples_path = out / "samples.jsonl"
     if not samples_path.exists():
         t0 = time.time()
-        samples = collect_samples(resolved, train + valid, c, seed=c.seed * 7919 + rnd)
+        samples = collect_samples(resolved, train + valid, c, seed=c.seed * 7919 + rnd,
+                                  model_cfg=cfg.model)
         write_records(samples_path, samples)
         print(f"collect: {len(samples)} prompts x {c.k} responses from "
               f"{', '.join(resolved)} in {time.time() - t0:.1f}s")
@@ -135,9 +156,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="policy to sample from: a stage name in RUN (sft, ppo-ptx, ...) or "
                         "NAME=DIR (repeatable; default: sft)")
     p.add_argument("--round", type=int, default=0, help="collection round (new prompts each)")
-    p.add_argument("--label", choices=["sandbox", "none"], default="sandbox",
-                   help="rank with the sandbox's simulated labelers, or leave the samples "
-                        "for people (labeling app)")
+    p.add_argument("--label", choices=["auto", "sandbox", "none"], default="auto",
+                   help="rank with the sandbox's simulated labelers (sandbox prompts only), "
+                        "or leave the samples for people (labeling app); auto (default): "
+                        "the sandbox's labelers on a sandbox run, people otherwise")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,6 +169,6 @@ def run(args: argparse.Namespace) -> int:
     for spec in args.policy or ["sft"]:
         name, _, path = spec.partition("=")
         policies[name] = path or rd.stage(name)
-    out = collect(cfg, rd, policies, args.round, None if args.label == "none" else "sandbox")
+    out = collect(cfg, rd, policies, args.round, None if args.label == "none" else args.label)
     print(json.dumps(rd.done_info(out.name)))
     return 0

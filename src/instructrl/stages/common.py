@@ -59,24 +59,32 @@ class Checkpoint:
             self.path.parent.rmdir()
 
 
+def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters an optimizer updates: all of them, or LoRA's adapters and heads."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def adamw_cosine(model: torch.nn.Module, lr: float, betas: tuple[float, float],
                  weight_decay: float, total_steps: int, final_ratio: float):
     """AdamW with cosine decay to `final_ratio` of the peak and no warmup (SFT and RM)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(trainable(model), lr=lr, betas=betas, weight_decay=weight_decay)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total_steps, final_ratio))
 
 
 def save_training_state(ckpt: "Checkpoint", model, opt, sched, **progress: Any) -> None:
-    ckpt.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+    """The trained parameters (not frozen LoRA base weights), optimizer, schedule, RNG."""
+    from instructrl.modeling import trainable_state_dict
+    ckpt.save({"model": trainable_state_dict(model), "optimizer": opt.state_dict(),
                "scheduler": sched.state_dict(), "rng": rng_state(), **progress})
 
 
 def resume_training_state(ckpt: "Checkpoint", model, opt, sched) -> dict | None:
     """Load what `save_training_state` saved into the live objects; the progress fields
     (epoch, step) come back in the returned dict. None when there is no checkpoint."""
+    from instructrl.modeling import load_trainable_state
     state = ckpt.load()
     if state is not None:
-        model.load_state_dict(state["model"])
+        load_trainable_state(model, state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -148,6 +156,11 @@ def pretraining_examples(texts: list[str], tokenizer, n: int, max_tokens: int, s
         start = rng.randrange(max(1, len(ids) - max_tokens + 1))
         out.append(([], ids[start:start + max_tokens]))
     return out
+
+
+def chunks(n: int, size: int) -> list[slice]:
+    """Slices of `size` (the last one shorter) covering range(n): micro-batches."""
+    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 
 def batches(items: list, batch_size: int, generator: random.Random | None = None,

@@ -18,9 +18,25 @@ value function (trained, a separate network initialised from the RM). One iterat
    (App. C.4: "accumulated in consecutive steps"), then takes one optimizer step per model;
 5. the EMA of the policy weights (decay 0.992) is updated; it is what is evaluated and saved.
 
+With LoRA (`lora.r` > 0 and "ppo" in `lora.stages`) the policy trains an adapter on the SFT
+weights and the reference IS those weights with the adapter disabled (one copy in memory);
+the value function trains an adapter plus its scalar head on the RM's weights, and the RM is
+that backbone with the adapter disabled and its own head. Every dropout is off in RL, LoRA's
+included.
+
 Every `checkpoint_every` iterations the whole state is saved; a killed run resumes from there
 and, on CPU with the same seed, ends with the same metrics as an uninterrupted one (each
 iteration's randomness is seeded from (seed, iteration)).
+
+Metrics (metrics.jsonl, TensorBoard) use lm-human-preferences / TRL names; where a definition
+differs from TRL's, it is said here so curves are compared knowingly:
+- `objective/kl`: mean over the batch of the summed per-token log(pi/pi_ref) of each response
+  (TRL: the same);
+- `objective/entropy`: the exact entropy of each predicted token distribution, averaged over
+  real response tokens, during the training forward (TRL 0.29: the mean over the whole
+  (B,R) grid of the rollout's per-token entropy, padding included);
+- `policy/approxkl`: 0.5 * mean over real response tokens of (log ratio)^2 (TRL: the same
+  estimator, averaged per minibatch over all positions).
 """
 
 from __future__ import annotations
@@ -44,12 +60,15 @@ from instructrl.generation import decode_responses
 from instructrl.losses import (AdaptiveKLController, FixedKLController, gae, masked_mean,
                                masked_var, masked_whiten, per_token_rewards, ppo_policy_loss,
                                ptx_loss, value_loss)
-from instructrl.modeling import (ScalarHeadModel, load_causal_lm, load_tokenizer,
-                                 save_pretrained_atomic)
+from instructrl.modeling import (AdapterDisabled, ScalarHeadModel, add_lora, default_device,
+                                 load_causal_lm, load_tokenizer, load_trainable_state,
+                                 lora_enabled, prepare_for_training, resolve_model_path,
+                                 save_pretrained_atomic, trainable_state_dict, weights_dtype)
 from instructrl.rollout import (Rollout, pad_left, response_logprobs, response_scores,
                                 response_values, sample)
 from instructrl.rundir import RunDir
-from instructrl.stages.common import Checkpoint, MetricsLog, collate, pretraining_examples
+from instructrl.stages.common import (Checkpoint, MetricsLog, chunks, collate,
+                                      pretraining_examples, trainable)
 from instructrl.templates import encode_prompt
 
 
@@ -65,31 +84,55 @@ RewardFn = Callable[[list[Prompt], list[str]], torch.Tensor]
 @dataclass
 class Models:
     policy: torch.nn.Module  # trained
-    ref: torch.nn.Module  # frozen copy of the policy's initialisation
+    ref: torch.nn.Module  # frozen: the policy's initialisation (a view of it under LoRA)
     rm: ScalarHeadModel  # frozen
     value: ScalarHeadModel  # trained, initialised from the RM
 
 
-def load_models(init: str | Path, ref: str | Path, rm: str | Path, value: str | Path,
-                device) -> Models:
+def _same(a: str | Path, b: str | Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def load_models(cfg: RunConfig, init: str | Path, ref: str | Path, rm: str | Path,
+                value: str | Path, device) -> Models:
     """Dropout is off in every model during RL (policy and value train in train mode with
-    p = 0, so nothing random happens outside sampling)."""
-    policy = load_causal_lm(init, dropout=0.0).to(device)
-    ref_model = load_causal_lm(ref, dropout=0.0).to(device).eval().requires_grad_(False)
-    rm_model = ScalarHeadModel.from_pretrained(rm).to(device).eval().requires_grad_(False)
-    value_model = ScalarHeadModel.from_pretrained(value).to(device)
-    return Models(policy, ref_model, rm_model, value_model)
+    p = 0, so nothing random happens outside sampling).
 
-
-def chunks(n: int, size: int):
-    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
+    With LoRA, a frozen model that is the same weights as a trained one's start is a view of
+    it with the adapter disabled: the reference when the policy starts from it (the first
+    PPO run after SFT), the RM when the value function starts from it. An iterated round
+    whose policy starts from an earlier PPO policy keeps its SFT reference as a separate
+    frozen copy."""
+    mc = cfg.model
+    if not lora_enabled(cfg.lora, "ppo"):
+        policy = prepare_for_training(load_causal_lm(init, model_cfg=mc, trained=True), mc)
+        ref_model = load_causal_lm(ref, model_cfg=mc).eval().requires_grad_(False)
+        rm_model = ScalarHeadModel.from_pretrained(rm, model_cfg=mc).eval().requires_grad_(False)
+        value_model = prepare_for_training(
+            ScalarHeadModel.from_pretrained(value, model_cfg=mc, trained=True), mc)
+        return Models(policy.to(device), ref_model.to(device), rm_model.to(device),
+                      value_model.to(device))
+    policy = add_lora(load_causal_lm(init, model_cfg=mc), cfg.lora, dropout=0.0)
+    policy = prepare_for_training(policy, mc).to(device)
+    if _same(init, ref):
+        ref_model = AdapterDisabled(policy)
+    else:
+        ref_model = load_causal_lm(ref, model_cfg=mc).eval().requires_grad_(False).to(device)
+    value_model = ScalarHeadModel.from_pretrained(value, model_cfg=mc).with_lora(
+        cfg.lora, dropout=0.0)
+    value_model = prepare_for_training(value_model, mc).to(device)
+    if _same(rm, value):
+        rm_model = value_model.frozen_view().eval()
+    else:
+        rm_model = ScalarHeadModel.from_pretrained(rm, model_cfg=mc).eval().requires_grad_(False)
+    return Models(policy, ref_model, rm_model.to(device), value_model)
 
 
 # --------------------------------------------------------------------------- rollout
 @torch.no_grad()
 def make_rollout(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed: int,
                  device, reward_fn: RewardFn | None = None) -> Rollout:
-    queries, query_mask = pad_left([encode_prompt(tokenizer, p.text, c.max_prompt_tokens)
+    queries, query_mask = pad_left([encode_prompt(tokenizer, p.chat, c.max_prompt_tokens)
                                     for p in prompts], tokenizer.pad_token_id)
     queries, query_mask = queries.to(device), query_mask.to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -117,10 +160,10 @@ def make_rollout(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed
     else:
         texts = decode_responses(tokenizer, responses, response_mask)
         score = torch.as_tensor(reward_fn(prompts, texts), dtype=torch.float32, device=device)
-    if c.missing_eos_penalty is not None:
+    if c.missing_eos_score is not None:
         # The "EOS trick": a response that never ended gets a fixed low score instead.
         ended = ((responses == tokenizer.eos_token_id) & response_mask.bool()).any(1)
-        score = torch.where(ended, score, torch.full_like(score, c.missing_eos_penalty))
+        score = torch.where(ended, score, torch.full_like(score, c.missing_eos_score))
     return Rollout(queries=queries, query_mask=query_mask, responses=responses,
                    response_mask=response_mask, logprobs=torch.cat(logprobs)[unsort],
                    ref_logprobs=torch.cat(ref_logprobs)[unsort],
@@ -177,19 +220,23 @@ def train_minibatch(m: Models, r: Rollout, adv, returns, idx, c: PPOConfig, ptx_
 
 
 class EMA:
-    """Exponential moving average of the policy's weights (App. C.4: decay 0.992)."""
+    """Exponential moving average of the policy's trained weights (App. C.4: decay 0.992):
+    every parameter, or LoRA's adapters (the frozen base does not move)."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.shadow = {k: v.clone() for k, v in trainable_state_dict(model).items()}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v, 1 - self.decay)
-            else:
-                self.shadow[k].copy_(v)
+        for k, v in model.named_parameters():
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.detach(), 1 - self.decay)
+
+    def load(self, shadow: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
+        """A checkpoint's shadow (loaded on the CPU), on the device of each parameter."""
+        params = dict(model.named_parameters())
+        self.shadow = {k: v.to(params[k].device, params[k].dtype) for k, v in shadow.items()}
 
 
 def prompts_for_iteration(prompts: list[Prompt], it: int, batch_size: int, seed: int
@@ -214,17 +261,21 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
     from `value`)."""
     c = cfg.ppo if ptx_coef is None else dataclasses.replace(cfg.ppo, ptx_coef=ptx_coef)
     out = run.stage(stage)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     torch.manual_seed(c.seed)
-    tokenizer = load_tokenizer(init)
-    m = load_models(init, ref, rm, value, device)
+    trust = cfg.model.trust_remote_code
+    init, ref = (resolve_model_path(x, trust_remote_code=trust) for x in (init, ref))
+    tokenizer = load_tokenizer(init, cfg.model)
+    m = load_models(cfg, init, ref, rm, value, device)
     prompts = run.prompts("train")
     if not prompts:
         raise SystemExit(f"ppo: no train prompts in {run.data / 'prompts.jsonl'}")
-    ptx_texts = run.ptx_texts() if c.ptx_coef > 0 else []
+    ptx_texts = run.ptx_texts(why="ppo.ptx_coef > 0 (PPO-ptx, App. C.4); "
+                              "`--set ppo.ptx_coef=0` trains plain PPO without it"
+                              ) if c.ptx_coef > 0 else []
     n_iters = c.episodes // c.batch_size
-    opt_p = torch.optim.AdamW(m.policy.parameters(), lr=c.lr, betas=c.betas, weight_decay=0.0)
-    opt_v = torch.optim.AdamW(m.value.parameters(), lr=c.lr, betas=c.betas, weight_decay=0.0)
+    opt_p = torch.optim.AdamW(trainable(m.policy), lr=c.lr, betas=c.betas, weight_decay=0.0)
+    opt_v = torch.optim.AdamW(trainable(m.value), lr=c.lr, betas=c.betas, weight_decay=0.0)
     # App. C.4: constant LR after a warmup of `warmup_iters` iterations from 0.1x.
     steps_per_iter = c.ppo_epochs * (c.batch_size // c.mini_batch_size)
     warm = c.warmup_iters * steps_per_iter
@@ -241,9 +292,9 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
     start = 0
     state = ckpt.load()
     if state is not None:
-        m.policy.load_state_dict(state["policy"])
-        m.value.load_state_dict(state["value"])
-        ema.shadow = state["ema"]
+        load_trainable_state(m.policy, state["policy"])
+        load_trainable_state(m.value, state["value"])
+        ema.load(state["ema"], m.policy)
         for obj, key in ((opt_p, "opt_p"), (opt_v, "opt_v"), (sched_p, "sched_p"),
                          (sched_v, "sched_v"), (kl_ctl, "kl_ctl")):
             obj.load_state_dict(state[key])
@@ -290,8 +341,8 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
                 except NonFiniteError as e:
                     _stop(stage, it, str(e), ckpt)
                 if c.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(m.policy.parameters(), c.max_grad_norm)
-                    torch.nn.utils.clip_grad_norm_(m.value.parameters(), c.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(trainable(m.policy), c.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(trainable(m.value), c.max_grad_norm)
                 opt_p.step()
                 opt_v.step()
                 sched_p.step()
@@ -316,7 +367,8 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
         bar.update(1)
         bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
         if (it + 1) % c.checkpoint_every == 0 or it + 1 == end:
-            ckpt.save({"policy": m.policy.state_dict(), "value": m.value.state_dict(),
+            ckpt.save({"policy": trainable_state_dict(m.policy),
+                       "value": trainable_state_dict(m.value),
                        "ema": ema.shadow, "opt_p": opt_p.state_dict(),
                        "opt_v": opt_v.state_dict(), "sched_p": sched_p.state_dict(),
                        "sched_v": sched_v.state_dict(), "kl_ctl": kl_ctl.state_dict(),
@@ -327,12 +379,13 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
         return out  # stopped early on request (tests); the checkpoint holds the state
     # The saved policy is the EMA of the weights (App. C.4); the value model is kept beside it
     # so that an iterated round can continue from both.
-    m.policy.load_state_dict(ema.shadow)
-    save_pretrained_atomic(m.policy, tokenizer, out)
-    m.value.save_pretrained(out / "value", tokenizer)
+    load_trainable_state(m.policy, ema.shadow)
+    dtype = weights_dtype(cfg.model)
+    save_pretrained_atomic(m.policy, tokenizer, out, dtype=dtype)
+    m.value.save_pretrained(out / "value", tokenizer, dtype=dtype)
     run.mark_done(stage, iterations=n_iters, init=str(init), ref=str(ref),
                   rm=str(rm) if reward_fn is None else "reward_fn",
-                  ptx_coef=c.ptx_coef)
+                  ptx_coef=c.ptx_coef, lora=lora_enabled(cfg.lora, "ppo"))
     ckpt.remove()
     return out
 

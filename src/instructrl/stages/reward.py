@@ -31,9 +31,11 @@ from instructrl.data.jsonl import atomic_write_text, read_records
 from instructrl.data.records import Prompt, Ranking
 from instructrl.losses import ranking_loss
 from instructrl.generation import score_groups, score_sequences
-from instructrl.modeling import ScalarHeadModel, load_tokenizer
+from instructrl.modeling import (ScalarHeadModel, default_device, load_tokenizer,
+                                 lora_enabled, prepare_for_training, resolve_model_path,
+                                 weights_dtype)
 from instructrl.rundir import RunDir, join_prompts
-from instructrl.stages.common import (Checkpoint, MetricsLog, adamw_cosine, batches,
+from instructrl.stages.common import (Checkpoint, MetricsLog, adamw_cosine, batches, chunks,
                                       resume_training_state, save_training_state,
                                       seed_everything)
 from instructrl.templates import encode_prompt, encode_response
@@ -50,7 +52,7 @@ def ranking_elements(pairs: list[tuple[Prompt, Ranking]], tokenizer, cfg: RMConf
         for lv, group in enumerate(r.ranking):
             for i in group:
                 level[i] = lv
-        out.append({"prompt": encode_prompt(tokenizer, prompt.text, cfg.max_prompt_tokens),
+        out.append({"prompt": encode_prompt(tokenizer, prompt.chat, cfg.max_prompt_tokens),
                     "responses": [encode_response(tokenizer, resp.text, cfg.max_response_tokens)
                                   for resp in r.responses],
                     "level": level, "category": prompt.category, "labeler": r.labeler_id})
@@ -78,6 +80,32 @@ def forward_batch(model, elements: list[dict], pad_id: int):
     rewards = score_groups(model, groups, pad_id)  # (N,) each prompt once, its K responses
     return ranking_loss(rewards, torch.tensor(group, device=rewards.device),
                         torch.tensor(level, device=rewards.device))
+
+
+def train_step(model, opt, sched, elements: list[dict], pad_id: int, micro: int) -> dict:
+    """One optimizer step on a batch of ranking elements, the gradient accumulated over
+    micro-batches of `micro` prompts. The loss is a mean over prompts (each element has at
+    least one untied pair), so a micro-batch weighs its share of the prompts: the same step
+    as one forward/backward over the whole batch."""
+    opt.zero_grad(set_to_none=True)
+    stats: dict[str, float] = {}
+    pairs = 0.0
+    for s in chunks(len(elements), micro):
+        loss, st = forward_batch(model, elements[s], pad_id)
+        (loss * (s.stop - s.start) / len(elements)).backward()
+        n = float(st["rm/pairs"])
+        pairs += n
+        stats["loss/rm"] = stats.get("loss/rm", 0.0) + float(loss.detach()) * (s.stop - s.start)
+        for k in ("rm/accuracy", "rm/margin"):  # means over pairs
+            stats[k] = stats.get(k, 0.0) + float(st[k]) * n
+        stats["rm/prompts"] = stats.get("rm/prompts", 0.0) + float(st["rm/prompts"])
+    opt.step()
+    sched.step()
+    stats["loss/rm"] /= len(elements)
+    for k in ("rm/accuracy", "rm/margin"):
+        stats[k] /= max(pairs, 1.0)
+    stats["rm/pairs"] = pairs
+    return stats
 
 
 @torch.no_grad()
@@ -125,9 +153,10 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
     c = cfg.rm
     out = run.stage(stage)
     seed_everything(c.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     path = Path(rankings_path) if rankings_path else run.data / "rankings.jsonl"
-    tokenizer = load_tokenizer(init)
+    init = resolve_model_path(init, trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(init, cfg.model)
     pad = tokenizer.pad_token_id
     tr, va, ho = split_rankings(run, read_records(path, Ranking.from_dict), str(path))
     train_el = ranking_elements(tr, tokenizer, c)
@@ -136,7 +165,11 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
     if not train_el:
         raise SystemExit(f"rm: no usable training rankings in {path} (training labelers on "
                          f"train-split prompts)")
-    model = ScalarHeadModel.from_causal_lm(init).to(device)
+    lora = lora_enabled(cfg.lora, "rm")
+    model = ScalarHeadModel.from_causal_lm(init, model_cfg=cfg.model, trained=not lora)
+    if lora:  # an adapter on the backbone, the whole scalar head
+        model.with_lora(cfg.lora)
+    model = prepare_for_training(model, cfg.model).to(device)
     steps_per_epoch = -(-len(train_el) // c.batch_size)
     total = steps_per_epoch * c.epochs
     opt, sched = adamw_cosine(model, c.lr, c.betas, c.weight_decay, total, c.lr_final_ratio)
@@ -151,14 +184,11 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
             for b in batches(train_el, c.batch_size, order, length=element_length)]
     bar = tqdm(total=total, initial=step, desc=stage, unit="step")
     model.train()
+    micro = c.micro_batch_size or c.batch_size
     for i in range(step, total):
-        loss, stats = forward_batch(model, plan[i], pad)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        stats = train_step(model, opt, sched, plan[i], pad, micro)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{float(stats['rm/accuracy']):.2f}")
+        bar.set_postfix(loss=f"{stats['loss/rm']:.3f}", acc=f"{stats['rm/accuracy']:.2f}")
         log.write({"step": i + 1, "lr": sched.get_last_lr()[0], **stats})
         if (i + 1) % c.checkpoint_every == 0 and i + 1 < total:
             save_training_state(ckpt, model, opt, sched, step=i + 1)
@@ -166,16 +196,16 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
     # Bias: labeler demonstrations on training prompts score mean 0 (section 3.5).
     from instructrl.stages.sft import sft_examples
     demos = sft_examples(run, tokenizer, "train", c.max_prompt_tokens, c.max_response_tokens)
-    shift = normalise_bias(model, demos, pad, c.batch_size) if demos else 0.0
+    shift = normalise_bias(model, demos, pad, micro) if demos else 0.0
     results = {
         "train_rankings": len(train_el), "bias_shift": shift, "bias": float(model.bias),
-        "valid": pairwise_accuracy(model, valid_el, pad, c.batch_size),
-        "heldout_labelers": pairwise_accuracy(model, held_el, pad, c.batch_size),
+        "valid": pairwise_accuracy(model, valid_el, pad, micro),
+        "heldout_labelers": pairwise_accuracy(model, held_el, pad, micro),
     }
-    model.save_pretrained(out, tokenizer)
+    model.save_pretrained(out, tokenizer, dtype=weights_dtype(cfg.model))
     atomic_write_text(out / "eval.json", json.dumps(results, indent=1) + "\n")
     ckpt.remove()
-    run.mark_done(stage, rankings=str(path), init=str(init))
+    run.mark_done(stage, rankings=str(path), init=str(init), lora=lora)
     for name in ("valid", "heldout_labelers"):
         acc = results[name].get("all")
         if acc:

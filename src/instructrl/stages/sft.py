@@ -17,6 +17,7 @@ import argparse
 import json
 import random
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,12 +28,15 @@ from instructrl.cli import add_common, run_config
 from instructrl.config import RunConfig
 from instructrl.data.jsonl import atomic_write_text
 from instructrl.losses import sft_loss
-from instructrl.modeling import load_causal_lm, load_tokenizer, save_pretrained_atomic
+from instructrl.modeling import (ADAPTER_DIR, add_lora, default_device, load_causal_lm,
+                                 load_tokenizer, lora_enabled, prepare_for_training,
+                                 resolve_model_path, save_pretrained_atomic, set_dropout,
+                                 weights_dtype)
 from instructrl.rundir import RunDir, join_prompts
-from instructrl.stages.common import (Checkpoint, MetricsLog, adamw_cosine, batches, collate,
-                                      pretraining_examples, read_metrics,
-                                      resume_training_state,
-                                      save_training_state, seed_everything)
+from instructrl.stages.common import (Checkpoint, MetricsLog, adamw_cosine, batches, chunks,
+                                      collate, pretraining_examples, read_metrics,
+                                      resume_training_state, save_training_state,
+                                      seed_everything)
 from instructrl.templates import encode_example
 
 
@@ -44,7 +48,7 @@ def sft_examples(run: RunDir, tokenizer, split: str, max_prompt_tokens: int,
     for prompt, demo in join_prompts(run.demonstrations(), prompts,
                                      str(run.data / "demonstrations.jsonl")):
         if prompt.split == split:
-            out.append(encode_example(tokenizer, prompt.text, demo.response,
+            out.append(encode_example(tokenizer, prompt.chat, demo.response,
                                       max_prompt_tokens, max_response_tokens))
     return out
 
@@ -61,13 +65,46 @@ def eval_loss(model, examples, pad_id: int, batch_size: int, device) -> float:
     return total / max(count, 1)
 
 
+def load_model(cfg: RunConfig, init: str | Path, *, dropout: float):
+    """The model SFT trains: every weight in float32, or with `lora` a frozen base in the
+    model's dtype plus adapters. Residual dropout goes on after the adapters, so it acts on
+    each sub-layer's whole output."""
+    lora = lora_enabled(cfg.lora, "sft")
+    model = load_causal_lm(init, model_cfg=cfg.model, trained=not lora)
+    if lora:
+        model = add_lora(model, cfg.lora)
+    set_dropout(model, dropout)
+    return prepare_for_training(model, cfg.model)
+
+
+def train_step(model, opt, sched, chunk: list, pad: int, micro: int, device) -> dict:
+    """One optimizer step on `chunk`, its gradient accumulated over micro-batches of `micro`
+    sequences, each weighted by its share of the response tokens: the same step as one
+    forward/backward over the whole batch (the loss is a mean over its response tokens)."""
+    total = sum(len(r) for _, r in chunk)
+    opt.zero_grad(set_to_none=True)
+    stats: dict[str, float] = {}
+    for s in chunks(len(chunk), micro):
+        part = chunk[s]
+        ids, mask, resp, _ = (t.to(device) for t in collate(part, pad))
+        loss, st = sft_loss(model(input_ids=ids, attention_mask=mask).logits, ids, resp)
+        w = float(st["sft/tokens"]) / max(total, 1)
+        (loss * w).backward()
+        stats["loss/sft"] = stats.get("loss/sft", 0.0) + float(loss.detach()) * w
+        stats["sft/tokens"] = stats.get("sft/tokens", 0.0) + float(st["sft/tokens"])
+    opt.step()
+    sched.step()
+    return stats
+
+
 def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
     c = cfg.sft
     out = run.stage("sft")
     seed_everything(c.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = load_tokenizer(init)
-    model = load_causal_lm(init, dropout=c.dropout).to(device)
+    device = default_device()
+    init = resolve_model_path(init, trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(init, cfg.model)
+    model = load_model(cfg, init, dropout=c.dropout).to(device)
     train_ex = sft_examples(run, tokenizer, "train", c.max_prompt_tokens, c.max_response_tokens)
     valid_ex = sft_examples(run, tokenizer, "valid", c.max_prompt_tokens, c.max_response_tokens)
     if not train_ex:
@@ -85,7 +122,9 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
     if state is not None:
         print(f"sft: resuming after epoch {start_epoch} from {ckpt.path}")
     log = MetricsLog(out / "metrics.jsonl", resume_step=start_epoch * steps_per_epoch)
+    atomic_write_text(out / "init.json", json.dumps({"init": str(init)}) + "\n")
     pad = tokenizer.pad_token_id
+    micro = c.micro_batch_size or c.batch_size
     order = random.Random(c.seed)
     def seq_len(ex):
         return len(ex[0]) + len(ex[1])
@@ -96,24 +135,44 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
     for epoch in range(start_epoch, c.epochs):
         model.train()
         for chunk in batches(train_ex, c.batch_size, order, length=seq_len):
-            ids, mask, resp, _ = (t.to(device) for t in collate(chunk, pad))
-            loss, stats = sft_loss(model(input_ids=ids, attention_mask=mask).logits, ids, resp)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            stats = train_step(model, opt, sched, chunk, pad, micro, device)
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+            bar.set_postfix(epoch=epoch + 1, loss=f"{stats['loss/sft']:.3f}")
             log.write({"step": bar.n, "epoch": epoch + 1, "lr": sched.get_last_lr()[0], **stats})
-        val = eval_loss(model, valid_ex, pad, c.batch_size, device) if valid_ex else float("nan")
+        val = eval_loss(model, valid_ex, pad, micro, device) if valid_ex else float("nan")
         log.write({"step": bar.n, "epoch": epoch + 1, "val/loss": val})
-        save_pretrained_atomic(model, tokenizer, epoch_dir(out, epoch + 1))
+        save_epoch(cfg, model, tokenizer, epoch_dir(out, epoch + 1))
         save_training_state(ckpt, model, opt, sched, epoch=epoch + 1)
     bar.close()
     sel = select(cfg, run, None)
     ckpt.remove()
-    run.mark_done("sft", epochs=c.epochs, selected_epoch=sel["epoch"])
+    run.mark_done("sft", epochs=c.epochs, selected_epoch=sel["epoch"], init=str(init),
+                  lora=lora_enabled(cfg.lora, "sft"))
     return out
+
+
+def save_epoch(cfg: RunConfig, model, tokenizer, directory: Path) -> None:
+    """An epoch's model, as little as selection needs: with LoRA the adapter alone (peft's
+    format, applied to the init model when the epoch is loaded), else the whole model in the
+    model's dtype (`model.dtype`; float32 on a CPU)."""
+    if lora_enabled(cfg.lora, "sft"):
+        from instructrl.modeling import atomic_dir
+        with atomic_dir(directory) as tmp:
+            model.save_pretrained(tmp)  # a peft model saves its adapter only
+            tokenizer.save_pretrained(tmp)
+    else:
+        save_pretrained_atomic(model, tokenizer, directory, dtype=weights_dtype(cfg.model))
+
+
+def load_epoch(cfg: RunConfig, out: Path, epoch: int):
+    """The causal LM of a saved epoch (an adapter is merged into the init model)."""
+    path = epoch_dir(out, epoch)
+    if not (path / "adapter_config.json").exists():
+        return load_causal_lm(path, model_cfg=cfg.model)
+    from peft import PeftModel
+    init = json.loads((out / "init.json").read_text())["init"]
+    base = load_causal_lm(init, model_cfg=cfg.model)
+    return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
 
 
 def _epoch_rows(out: Path) -> list[dict]:
@@ -124,15 +183,36 @@ def epoch_dir(out: Path, epoch: int) -> Path:
     return out / "epochs" / f"{epoch:02d}"
 
 
-def install_epoch(out: Path, epoch: int, selection: dict) -> None:
+def install_epoch(cfg: RunConfig, out: Path, epoch: int, selection: dict) -> None:
     """Make sft/ the model of `epoch`: copy its files over (each file replaced atomically; the
-    config and tokenizer are the same for every epoch, so only the weights change)."""
+    config and tokenizer are the same for every epoch, so only the weights change). A LoRA
+    epoch is merged into its init model first, so sft/ is a plain model (PPO's reference must
+    be the SFT model itself: a LoRA SFT is merged before PPO adds its own adapter), and its
+    adapter is kept in sft/adapter/."""
     src = epoch_dir(out, epoch)
-    for f in src.iterdir():
-        if f.is_file():
-            tmp = out / f".{f.name}.tmp"
-            shutil.copyfile(f, tmp)
-            tmp.replace(out / f.name)
+    staging = None
+    if (src / "adapter_config.json").exists():
+        staging = Path(tempfile.mkdtemp(prefix=".sft-merge-", dir=out))
+        tok = load_tokenizer(src)
+        save_pretrained_atomic(load_epoch(cfg, out, epoch), tok, staging / "model",
+                               dtype=weights_dtype(cfg.model))
+        shutil.copytree(src, staging / "model" / ADAPTER_DIR)
+        src = staging / "model"
+    try:
+        for f in src.iterdir():
+            if f.is_file():
+                tmp = out / f".{f.name}.tmp"
+                shutil.copyfile(f, tmp)
+                tmp.replace(out / f.name)
+            elif f.name == ADAPTER_DIR:
+                tmp = out / f".{f.name}.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(f, tmp)
+                shutil.rmtree(out / f.name, ignore_errors=True)
+                tmp.rename(out / f.name)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     atomic_write_text(out / "selection.json", json.dumps(selection, indent=1) + "\n")
 
 
@@ -147,22 +227,21 @@ def select(cfg: RunConfig, run: RunDir, rm_dir: str | Path | None) -> dict:
         sel = {"selected_by": "validation loss (no reward model yet)", "epoch": best,
                "table": [{"epoch": e, "val_loss": v} for e, v in sorted(rows.items())]}
         print(f"sft: no reward model given, selecting epoch {best} by validation loss")
-        install_epoch(out, best, sel)
+        install_epoch(cfg, out, best, sel)
         return sel
     from instructrl.generation import sample_texts, score_texts
     from instructrl.modeling import ScalarHeadModel
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rm = ScalarHeadModel.from_pretrained(rm_dir).to(device).eval()
+    device = default_device()
+    rm = ScalarHeadModel.from_pretrained(rm_dir, model_cfg=cfg.model).to(device).eval()
     prompts = run.prompts("valid")
     random.Random(cfg.sft.seed).shuffle(prompts)
-    texts = [p.text for p in prompts[:cfg.sft.select_prompts]]
+    texts = [p.chat for p in prompts[:cfg.sft.select_prompts]]
     c = cfg.sft
     table = []
     for epoch in tqdm(sorted(rows), desc="sft select", unit="epoch"):
-        path = epoch_dir(out, epoch)
-        tok = load_tokenizer(path)
-        policy = load_causal_lm(path).to(device).eval()
+        tok = load_tokenizer(epoch_dir(out, epoch), cfg.model)
+        policy = load_epoch(cfg, out, epoch).to(device).eval()
         responses = sample_texts(policy, tok, texts, max_prompt_tokens=c.max_prompt_tokens,
                                  max_new_tokens=c.max_response_tokens, seed=c.seed)
         scores = score_texts(rm, tok, texts, responses, max_prompt_tokens=c.max_prompt_tokens,
@@ -172,7 +251,7 @@ def select(cfg: RunConfig, run: RunDir, rm_dir: str | Path | None) -> dict:
     best = max(table, key=lambda r: r["rm_score"])
     sel = {"selected_by": f"mean RM score on {len(texts)} validation prompts",
            "rm": str(rm_dir), "epoch": best["epoch"], "table": table}
-    install_epoch(out, best["epoch"], sel)
+    install_epoch(cfg, out, best["epoch"], sel)
     print(f"{'epoch':>5} {'RM score':>9} {'val loss':>9}")
     for r in table:
         mark = "  <- selected" if r is best else ""
