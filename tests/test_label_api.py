@@ -81,8 +81,12 @@ def snapshot(app) -> tuple:
                 tuple(s.execute(select(Task.id, Task.state, Task.skip_reason).order_by(Task.id))))
 
 
+GOOD_LIKERT = [6, 3, 7, 5]  # agrees with the ranking below: 2 first, 0 = 3, 1 last
+
+
 def good_rank_form(k=4):
-    return {"ranking": ["[[2],[0,3],[1]]"], **{f"likert_{i}": [str(7 - i)] for i in range(k)},
+    return {"ranking": ["[[2],[0,3],[1]]"],
+            **{f"likert_{i}": [str(GOOD_LIKERT[i])] for i in range(k)},
             "flags_1": ["hallucination", "fails_instruction"], "critique": ["B is made up"]}
 
 
@@ -215,18 +219,18 @@ def test_ranking_roundtrip_and_double_submit_is_idempotent(world):
     page = c.get(f"/tasks/{t.id}").text
     assert "Response A" in page and "sft" not in page  # labelers judge blind
     r = lc.post(t.id, "rank", good_rank_form())
-    assert r.status_code == 303 and r.headers["location"] == "/next"
+    assert r.status_code == 303 and r.headers["location"] == f"/next?saved={t.id}"
     after_first = snapshot(world)
     r = lc.post(t.id, "rank", good_rank_form())  # the same submission again
     assert r.status_code == 303 and snapshot(world) == after_first
-    other = {**good_rank_form(), "ranking": ["[[0],[1],[2],[3]]"]}
+    other = {**good_rank_form(), "ranking": ["[[0],[1],[2],[3]]"], "contradiction_ok": ["1"]}
     r = lc.post(t.id, "rank", other)  # a different one: refused, nothing changes
     assert r.status_code == 409 and snapshot(world) == after_first
     assert "Submitted" in c.get(f"/tasks/{t.id}").text
     [rec] = store.export_records(world.state.engine)["train"]["rankings"]
     rk = Ranking.from_dict(rec)
     assert (rk.labeler_id, rk.ranking, rk.likert, rk.critique) == (
-        "alice", [[2], [0, 3], [1]], [7, 6, 5, 4], "B is made up")
+        "alice", [[2], [0, 3], [1]], GOOD_LIKERT, "B is made up")
     assert rk.flags == [[], ["fails_instruction", "hallucination"], [], []]
     with read(world.state.engine) as s:
         rs = s.get(ResponseSet, t.set_id)
@@ -346,7 +350,7 @@ def test_web_import_and_user_creation(world, tmp_path):
     s_text = "".join(json.dumps(s.to_dict()) + "\n" for s in make_samples(prompts))
     files = {"prompts": ("prompts.jsonl", p_text), "samples": ("samples.jsonl", s_text)}
     r = a.post("/admin/import", data={"csrf_token": csrf}, files=files)
-    assert r.status_code == 200 and "prompts: 3 new" in r.text
+    assert r.status_code == 200 and "prompts: 3 new" in r.text  # after the redirect
     r = a.post("/admin/import", data={"csrf_token": csrf}, files=files)
     assert "prompts: 0 new, 3 already there; response sets: 0 new, 3 already there" in r.text
     bad = {"samples": ("samples.jsonl", '{"prompt_id": "w0", "responses": []}\n')}
@@ -362,8 +366,9 @@ def test_web_import_and_user_creation(world, tmp_path):
     r = a.post("/admin/users", data={"csrf_token": csrf, "name": "carol",
                                      "password": "carol-pass-1"})
     assert r.status_code == 422 and "already exists" in r.text
+    # carol is held out: the 4 sets hank (held out too) already has count towards overlap 1
     r = a.post("/admin/assign", data={"csrf_token": csrf, "kind": "rank", "labelers": "carol"})
-    assert r.status_code == 200 and "Assigned 7 new tasks" in r.text
+    assert r.status_code == 200 and "Assigned 3 new tasks" in r.text
 
 
 def test_assign_overlap_balanced_and_idempotent(world):

@@ -15,7 +15,7 @@ from instructrl.label.store import display_order
 
 
 def rank_form(k=4, ranking="[[0],[1,2],[3]]", **extra):
-    f = {f"likert_{i}": [str(i + 2)] for i in range(k)}
+    f = {f"likert_{i}": [str(7 - i)] for i in range(k)}  # agrees with the default ranking
     f["ranking"] = [ranking]
     f.update({key: v if isinstance(v, list) else [v] for key, v in extra.items()})
     return f
@@ -25,7 +25,7 @@ def test_parse_ranking_fields():
     out = forms.parse_ranking(rank_form(flags_2=["sexual", "hallucination", "sexual"],
                                         critique="too long\r\nand wrong", csrf_token="x"), 4)
     assert out["ranking"] == [[0], [1, 2], [3]]
-    assert out["likert"] == [2, 3, 4, 5]
+    assert out["likert"] == [7, 6, 5, 4]
     # canonical FLAGS order, repeats dropped; CRLF from browsers normalised
     assert out["flags"] == [[], [], ["hallucination", "sexual"], []]
     assert out["critique"] == "too long\nand wrong"
@@ -40,6 +40,9 @@ def test_parse_ranking_fields():
     ("[[0],[1,2],[true]]", "response indices"),
     ("0,1,2,3", "not JSON"),
     ("[]", "non-empty"),
+    ("", "rank the responses"),  # the page sends it empty until the labeler ranks
+    ("[" * 100_000, "longer than 1000"),  # was a RecursionError: HTTP 500
+    ("[" * 499 + "]" * 499, "lists of response indices"),
 ])
 def test_parse_ranking_rejects_non_permutations(ranking, msg):
     with pytest.raises(InputError, match=re.escape(msg)) as e:
@@ -138,3 +141,24 @@ def test_display_order_is_a_stable_permutation():
     assert all(sorted(o) == [0, 1, 2, 3] for o in orders)
     assert len(orders) > 5  # shuffled per task, not one fixed order
     assert display_order(7, 4) == display_order(7, 4)
+
+
+def test_ranking_that_contradicts_likert_needs_confirmation():
+    # Likert says 0 is best (7) and 1 worst (1); the ranking says 2 > 0 > 1: 2 above 0 is a
+    # contradiction (issue: stored ranking [[2],[0],[1]] with Likert [4,7,1]).
+    form = {"likert_0": ["7"], "likert_1": ["1"], "likert_2": ["4"], "ranking": ["[[2],[0],[1]]"]}
+    assert forms.contradictions([[2], [0], [1]], [7, 1, 4]) == [(2, 0)]
+    with pytest.raises(InputError, match="response C is ranked above response A but scored "
+                                         "4 < 7") as e:
+        forms.parse_ranking(form, 3, ["A", "B", "C"])
+    assert e.value.field == "ranking"
+    out = forms.parse_ranking({**form, "contradiction_ok": ["1"]}, 3)
+    assert out["ranking"] == [[2], [0], [1]]
+    with pytest.raises(InputError) as e:
+        forms.parse_ranking({**form, "contradiction_ok": ["yes"]}, 3)
+    assert e.value.field == "contradiction_ok"
+    # ties and equal scores are no contradiction
+    assert forms.contradictions([[0, 1], [2]], [3, 5, 2]) == []
+    assert forms.contradictions([[1], [0]], [4, 4]) == []
+    ok = {"likert_0": ["7"], "likert_1": ["1"], "likert_2": ["4"], "ranking": ["[[0],[2],[1]]"]}
+    assert forms.parse_ranking(ok, 3)["ranking"] == [[0], [2], [1]]

@@ -1,8 +1,11 @@
 """`instructrl label`: serve the labeling app and administer it from the shell.
 
     instructrl label serve   --db sqlite:///labels.db --host 127.0.0.1 --port 8000
+                             [--forwarded-allow-ips 10.0.0.5] [--secure-cookies]
     instructrl label create-admin NAME             (password asked twice, or --password-stdin)
     instructrl label create-labeler NAME [--heldout]
+    instructrl label deactivate NAME | activate NAME | end-sessions NAME
+    instructrl label set-password NAME             (ends the user's sessions)
     instructrl label import  --db ... [--run RUN | --prompts FILE] [--samples FILE ...]
                              (--run: RUN/data/prompts.jsonl and RUN/collect-*/samples.jsonl)
     instructrl label assign  --db ... --kind rank|demo|edit [--labelers a,b | --pool train|heldout|all]
@@ -42,6 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--port", type=int, default=8000)
     c.add_argument("--secure-cookies", action="store_true",
                    help="mark cookies Secure (when served behind HTTPS)")
+    c.add_argument("--forwarded-allow-ips", default=None, metavar="ADDRS",
+                   help="comma-separated addresses or networks of reverse proxies whose "
+                        "X-Forwarded-For/-Proto headers are believed (default: none; the "
+                        "login limit counts per client address)")
     for name, role in (("create-admin", "admin"), ("create-labeler", "labeler")):
         c = cmd(name, f"create a user with role {role}")
         c.add_argument("name")
@@ -51,6 +58,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             c.add_argument("--heldout", action="store_true",
                            help="held-out labeler: evaluation only, labels never train")
         c.set_defaults(role=role)
+    for name, help_ in (("deactivate", "deactivate a user: no login, sessions end, no new "
+                                       "tasks (labels stay)"),
+                        ("activate", "let a deactivated user log in again"),
+                        ("end-sessions", "log a user out everywhere"),
+                        ("set-password", "set a new password (the user's sessions end)")):
+        c = cmd(name, help_)
+        c.add_argument("name")
+        if name == "set-password":
+            c.add_argument("--password-stdin", action="store_true",
+                           help="read the password from the first line of stdin")
     c = cmd("import", "import prompts and model samples (twice is a no-op)")
     c.add_argument("--run", help="run directory: imports RUN/data/prompts.jsonl and every "
                    "RUN/collect-*/samples.jsonl")
@@ -60,9 +77,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c = cmd("assign", "assign tasks to labelers")
     c.add_argument("--kind", required=True, choices=("rank", "demo", "edit"))
     c.add_argument("--labelers", help="comma-separated names (default: the --pool)")
-    c.add_argument("--pool", default="train", choices=("train", "heldout", "all"))
+    c.add_argument("--pool", choices=("train", "heldout", "all"),
+                   help="who gets tasks, and whose tasks count towards the overlap (default: "
+                        "the pool of --labelers, else train)")
     c.add_argument("--overlap", type=int, default=1,
-                   help="labelers per item (> 1 for inter-labeler agreement)")
+                   help="labelers per item, counting every labeler of the pool (> 1 for "
+                        "inter-labeler agreement)")
     c.add_argument("--split", choices=("train", "valid", "test"), help="only these prompts")
     c.add_argument("--limit", type=int, help="at most this many items")
     cmd("progress", "print progress per labeler and task kind, and agreement")
@@ -94,16 +114,28 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
         from instructrl.label.app import create_app
+        from instructrl.label.server import config
         app = create_app(args.db, secure_cookies=args.secure_cookies)
-        print(f"instructrl label: serving {_safe_url(args.db)} on http://{args.host}:{args.port}",
+        print(f"instructrl label: serving {_safe_url(args.db)} on http://{args.host}:{args.port}"
+              f"; forwarded headers believed from: {args.forwarded_allow_ips or 'no one'}",
               file=sys.stderr)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+        uvicorn.Server(config(app, args.host, args.port, log_level="info",
+                              forwarded_allow_ips=args.forwarded_allow_ips)).run()
         return 0
     engine = make_engine(args.db)
     if args.action in ("create-admin", "create-labeler"):
         store.create_user(engine, args.name, _password(args), args.role,
                           getattr(args, "heldout", False))
         print(f"created {args.role} {args.name!r}")
+    elif args.action in ("deactivate", "activate"):
+        n = store.set_active(engine, args.name, args.action == "activate")
+        print(f"{args.action}d {args.name!r}" + (f"; {n} session(s) ended"
+                                                 if args.action == "deactivate" else ""))
+    elif args.action == "end-sessions":
+        print(f"ended {store.end_sessions(engine, args.name)} session(s) of {args.name!r}")
+    elif args.action == "set-password":
+        n = store.set_password(engine, args.name, _password(args))
+        print(f"new password for {args.name!r}; {n} session(s) ended")
     elif args.action == "import":
         if args.run and args.prompts:
             raise InputError("give --run or --prompts, not both", field="--prompts")

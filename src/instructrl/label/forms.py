@@ -7,6 +7,11 @@ A ranking form (K responses, indices 0..K-1 in the order shown):
     flags_<i>    zero or more of records.FLAGS per response (repeatable field)
     ranking      JSON groups of indices, best first; a group of several is a tie: [[2],[0,3],[1]]
     critique     optional free text
+    contradiction_ok  "1" to keep a ranking that contradicts the Likert scores (below)
+
+A ranking that puts response i strictly above j although i got the lower Likert score is
+refused unless `contradiction_ok` says the labeler saw the warning and meant it: a ranking
+left in the order shown, or dragged carelessly, must not pass silently (the page warns first).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from instructrl.errors import InputError
 
 MAX_TEXT = 20_000  # characters in a demonstration, an edit or a critique
 MAX_REASON = 1_000
+MAX_RANKING = 1_000  # characters of `ranking` JSON (K <= 9 needs under 100)
 _PER_RESPONSE = re.compile(r"^(likert|flags)_(.+)$")
 _ALWAYS = {"csrf_token"}
 
@@ -61,11 +67,20 @@ def _text(form, name: str, *, required: bool, limit: int = MAX_TEXT) -> str | No
 
 def parse_groups(raw: str, k: int) -> list[list[int]]:
     """`ranking` JSON -> groups; each response index 0..k-1 exactly once."""
+    if not raw.strip():
+        raise InputError("empty: rank the responses (step 2) before submitting",
+                         field="ranking")
+    if len(raw) > MAX_RANKING:
+        raise InputError(f"longer than {MAX_RANKING} characters; expected groups of response "
+                         "indices like [[0],[2,1],[3]]", field="ranking")
     try:
         groups = json.loads(raw)
     except json.JSONDecodeError:
         raise InputError("not JSON; expected groups of response indices like [[0],[2,1],[3]]",
                          field="ranking") from None
+    except RecursionError:  # "[[[[...": the C parser gives up past ~1000 levels
+        raise InputError("nested too deeply; expected groups of response indices like "
+                         "[[0],[2,1],[3]]", field="ranking") from None
     if not isinstance(groups, list) or not groups or not all(
             isinstance(g, list) and g and all(isinstance(i, int) and not isinstance(i, bool)
                                               for i in g) for g in groups):
@@ -85,9 +100,17 @@ def parse_groups(raw: str, k: int) -> list[list[int]]:
     return groups
 
 
-def parse_ranking(form: dict[str, list[str]], k: int) -> dict:
-    """The fields of a `Ranking` record (ranking, likert, flags, critique) from a form."""
-    allowed = {"ranking", "critique"}
+def contradictions(groups: list[list[int]], likert: list[int]) -> list[tuple[int, int]]:
+    """Pairs (i, j): i ranked strictly above j but given a lower Likert score than j."""
+    rank = {i: n for n, g in enumerate(groups) for i in g}
+    return sorted((i, j) for i in rank for j in rank
+                  if rank[i] < rank[j] and likert[i] < likert[j])
+
+
+def parse_ranking(form: dict[str, list[str]], k: int, names: list[str] | None = None) -> dict:
+    """The fields of a `Ranking` record (ranking, likert, flags, critique) from a form.
+    `names[i]`: what the labeler calls response i (its letter on the page), for messages."""
+    allowed = {"ranking", "critique", "contradiction_ok"}
     for name in form:
         m = _PER_RESPONSE.match(name)
         if m:
@@ -111,7 +134,20 @@ def parse_ranking(form: dict[str, list[str]], k: int) -> dict:
                 raise InputError(f"unknown flag {f!r} (one of {', '.join(FLAGS)})",
                                  field=f"flags_{i}")
         flags.append([f for f in FLAGS if f in given])  # canonical order, no repeats
-    return {"ranking": parse_groups(_one(form, "ranking"), k), "likert": likert,
+    groups = parse_groups(_one(form, "ranking"), k)
+    ok = _one(form, "contradiction_ok", required=False)
+    if ok not in (None, "", "1"):
+        raise InputError(f"must be 1 or absent, got {ok!r}", field="contradiction_ok")
+    bad = contradictions(groups, likert)
+    if bad and ok != "1":
+        i, j = bad[0]
+        name = (lambda x: names[x]) if names else str
+        raise InputError(
+            f"contradicts your Likert scores: response {name(i)} is ranked above response "
+            f"{name(j)} but "
+            f"scored {likert[i]} < {likert[j]} ({len(bad)} such pair{'s' * (len(bad) > 1)}); "
+            "fix the ranking or the scores, or confirm it (contradiction_ok=1)", field="ranking")
+    return {"ranking": groups, "likert": likert,
             "flags": flags, "critique": _text(form, "critique", required=False)}
 
 

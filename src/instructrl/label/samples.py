@@ -23,8 +23,8 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
-from instructrl.data.jsonl import read_jsonl
 from instructrl.data.records import Response
 from instructrl.errors import InputError
 
@@ -66,10 +66,43 @@ class SampleSet:
                 "responses": [{"text": r.text, "policy": r.policy} for r in self.responses]}
 
 
+MAX_DEPTH = 100  # nesting of lists and objects in one line
+
+
+def _check_values(obj) -> None:
+    """Refuse what a database cannot store or a line should not hold: strings with NUL
+    (PostgreSQL's text cannot hold U+0000) or unpaired surrogates (not UTF-8), and nesting
+    deeper than MAX_DEPTH. Iterative, so a deep value cannot exhaust the stack."""
+    stack = [(obj, 0, None)]
+    while stack:
+        value, depth, field = stack.pop()
+        if isinstance(value, str):
+            for text in (value, field or ""):
+                if "\x00" in text:
+                    raise InputError("contains a NUL character (U+0000), which the database "
+                                     "cannot store", field=field)
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise InputError("contains an unpaired surrogate (not valid Unicode)",
+                                     field=field) from None
+        elif isinstance(value, (list, dict)):
+            if depth >= MAX_DEPTH:
+                raise InputError(f"nested deeper than {MAX_DEPTH} levels", field=field)
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, v in items:
+                name = key if field is None else f"{field}.{key}" if isinstance(key, str) \
+                    else f"{field}[{key}]"
+                if isinstance(key, str):
+                    stack.append((key, depth + 1, name))
+                stack.append((v, depth + 1, str(name)))
+
+
 def text_rows(text: str, source: str) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of an uploaded file's text."""
+    """(line number, object) for each non-blank line of a file's text. Lines end at "\n"
+    only: a JSON string may hold U+2028 and other characters that str.splitlines() splits at."""
     rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -77,14 +110,29 @@ def text_rows(text: str, source: str) -> list[tuple[int, dict]]:
         except json.JSONDecodeError as e:
             raise InputError(f"not valid JSON ({e.msg} at column {e.colno})", path=source,
                              line=lineno) from None
+        except RecursionError:
+            raise InputError("not valid JSON (nested too deeply)", path=source,
+                             line=lineno) from None
         if not isinstance(obj, dict):
             raise InputError("a line must be a JSON object", path=source, line=lineno)
+        try:
+            _check_values(obj)
+        except InputError as e:
+            raise InputError(e.message, path=source, line=lineno, field=e.field) from None
         rows.append((lineno, obj))
     return rows
 
 
 def file_rows(path: str | os.PathLike) -> list[tuple[int, dict]]:
-    return read_jsonl(path)
+    """text_rows of a file, which must be UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path=str(path))
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text (byte {e.start})", path=str(path)) from None
+    return text_rows(text, str(path))
 
 
 def parse_rows(rows: list[tuple[int, dict]], source: str, parse) -> list[tuple[int, object]]:

@@ -66,10 +66,15 @@ def secret(engine: Engine) -> str:
         return s.get(Setting, "secret").value
 
 
+def is_name(name: str) -> bool:
+    """Whether `name` can be a user name (letters, digits, '_', '.', '@', '-'; 1-64)."""
+    return bool(_NAME.fullmatch(name))
+
+
 def create_user(engine: Engine, name: str, password: str, role: str = "labeler",
                 heldout: bool = False) -> int:
     """A new user; returns its id. Names are the records' `labeler_id`."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InputError("use 1-64 letters, digits, '_', '.', '@' or '-'", field="name")
     if role not in ROLES:
         raise InputError(f"unknown role {role!r} (one of {', '.join(ROLES)})", field="role")
@@ -90,16 +95,63 @@ def create_user(engine: Engine, name: str, password: str, role: str = "labeler",
 
 def users(engine: Engine) -> list[dict]:
     with read(engine) as s:
+        live = dict(s.execute(select(AuthSession.user_id, func.count()).where(
+            AuthSession.expires_at >= now()).group_by(AuthSession.user_id)).all())
         return [{"id": u.id, "name": u.name, "role": u.role, "heldout": u.heldout,
-                 "active": u.active} for u in s.scalars(select(User).order_by(User.name))]
+                 "active": u.active, "sessions": live.get(u.id, 0)}
+                for u in s.scalars(select(User).order_by(User.name))]
+
+
+def _user(s, name: str) -> User:
+    user = s.scalar(select(User).where(User.name == name)) if _NAME.fullmatch(name) else None
+    if user is None:
+        raise InputError(f"no user named {name!r}", field="name")
+    return user
+
+
+def _end_sessions(s, user_id: int) -> int:
+    return s.query(AuthSession).filter(AuthSession.user_id == user_id).delete()
+
+
+def set_active(engine: Engine, name: str, active: bool) -> int:
+    """Activate or deactivate a user. A deactivated user cannot log in, their sessions end at
+    once (returns how many), and `assign` gives them nothing new; their labels stay. The last
+    active admin cannot be deactivated."""
+    with write(engine) as s:
+        user = _user(s, name)
+        if not active and user.role == "admin" and user.active and s.scalar(
+                select(func.count()).select_from(User).where(
+                    User.role == "admin", User.active.is_(True))) <= 1:
+            raise InputError("the last active admin cannot be deactivated", field="name")
+        user.active = active
+        return 0 if active else _end_sessions(s, user.id)
+
+
+def set_password(engine: Engine, name: str, password: str) -> int:
+    """A new password for `name`; every session of theirs ends (returns how many)."""
+    if len(password) < MIN_PASSWORD:
+        raise InputError(f"must be at least {MIN_PASSWORD} characters", field="password")
+    hashed = security.hash_password(password)
+    with write(engine) as s:
+        user = _user(s, name)
+        user.password_hash = hashed
+        return _end_sessions(s, user.id)
+
+
+def end_sessions(engine: Engine, name: str) -> int:
+    """Log `name` out everywhere; returns the number of sessions ended."""
+    with write(engine) as s:
+        return _end_sessions(s, _user(s, name).id)
 
 
 def login(engine: Engine, name: str, password: str) -> tuple[str, str] | None:
     """(session token, CSRF token) for a right password, else None. Only the token's hash is
     stored."""
-    with read(engine) as s:
-        user = s.scalar(select(User).where(User.name == name, User.active.is_(True)))
-        stored, user_id = (user.password_hash, user.id) if user else (None, None)
+    stored, user_id = None, None
+    if _NAME.fullmatch(name):  # no such user otherwise; the dummy hash below still costs the time
+        with read(engine) as s:
+            user = s.scalar(select(User).where(User.name == name, User.active.is_(True)))
+            stored, user_id = (user.password_hash, user.id) if user else (None, None)
     if not security.verify_password(stored, password):
         return None
     token, csrf = security.new_token(), security.new_token()
@@ -178,6 +230,8 @@ def import_records(engine: Engine, prompts: list[tuple[str, int, Prompt]] = (),
     with write(engine) as s:
         seen: dict[str, Prompt] = {}
         for source, lineno, p in prompts:
+            _fits(p.id, 200, source, lineno, "id")
+            _fits(p.user_id, 200, source, lineno, "user_id")
             if p.id in seen:
                 if seen[p.id] != p:
                     raise InputError(f"prompt id {p.id!r} appears twice with different content",
@@ -197,6 +251,9 @@ def import_records(engine: Engine, prompts: list[tuple[str, int, Prompt]] = (),
         s.flush()
         keys: set[str] = set()
         for source, lineno, ss in samples:
+            _fits(ss.prompt_id, 200, source, lineno, "prompt_id")
+            for i, r in enumerate(ss.responses):
+                _fits(r.policy, 200, source, lineno, f"responses[{i}].policy")
             key = ss.key()
             if key in keys or s.scalar(select(ResponseSet.id).where(ResponseSet.key == key)):
                 report.sets_existing += 1
@@ -212,6 +269,12 @@ def import_records(engine: Engine, prompts: list[tuple[str, int, Prompt]] = (),
             s.add(rs)
             report.sets_new += 1
     return report
+
+
+def _fits(value: str, n: int, source: str, lineno: int, field: str) -> None:
+    # The column is String(n): PostgreSQL refuses a longer value (SQLite would keep it).
+    if len(value) > n:
+        raise InputError(f"longer than {n} characters", path=source, line=lineno, field=field)
 
 
 def with_source(source: str, rows: list[tuple[int, object]]) -> list[tuple[str, int, object]]:
@@ -231,36 +294,58 @@ def import_files(engine: Engine, prompts: str | os.PathLike | None = None,
 
 # ---------------------------------------------------------------- assignment
 
-def assign(engine: Engine, kind: str, labelers: list[str] | None = None, *, pool: str = "train",
-           overlap: int = 1, split: str | None = None, limit: int | None = None) -> int:
+SPLITS = ("train", "valid", "test")
+POOLS = ("train", "heldout", "all")
+
+
+def assign(engine: Engine, kind: str, labelers: list[str] | None = None, *,
+           pool: str | None = None, overlap: int = 1, split: str | None = None,
+           limit: int | None = None) -> int:
     """Give each item (a prompt for `demo`, a response set for `rank`/`edit`) to `overlap`
-    labelers, least loaded first; returns the number of new tasks. Items already covered are
-    left alone, so running it again adds only what is missing. `labelers` names them; else
-    `pool` picks active labelers: "train", "heldout" or "all". Overlap > 1 gives the same item
-    to several labelers, which agreement is measured on."""
+    labelers of a pool, least loaded first; returns the number of new tasks. Overlap > 1 gives
+    the same item to several labelers, which agreement is measured on.
+
+    `pool` is "train", "heldout" or "all" active labelers (default: the pool of the named
+    `labelers`, else "train"). `labelers` names who may get new tasks; the overlap counts
+    every labeler of the pool, so naming a newcomer does not hand them items that others
+    already cover. An item's task counts towards its overlap when it is done or skipped, or
+    pending with an active labeler (a deactivated labeler's pending items go to others).
+    Running it again adds only what is missing. `limit`: at most this many items get tasks."""
     if kind not in TASK_KINDS:
         raise InputError(f"unknown task kind {kind!r} (one of {', '.join(TASK_KINDS)})",
                          field="kind")
-    if pool not in ("train", "heldout", "all"):
+    if pool is not None and pool not in POOLS:
         raise InputError(f"unknown pool {pool!r} (train, heldout or all)", field="pool")
+    if split is not None and split not in SPLITS:
+        raise InputError(f"unknown split {split!r} (one of {', '.join(SPLITS)}, or none for "
+                         "every prompt)", field="split")
     if overlap < 1:
-        raise InputError("must be >= 1", field="overlap")
+        raise InputError(f"must be >= 1, got {overlap}", field="overlap")
+    if limit is not None and limit < 1:
+        raise InputError(f"must be >= 1 (or empty for every item), got {limit}", field="limit")
     created = 0
     with write(engine) as s:
-        q = select(User).where(User.role == "labeler", User.active.is_(True))
+        active = select(User).where(User.role == "labeler", User.active.is_(True))
         if labelers:
-            found = {u.name: u for u in s.scalars(q.where(User.name.in_(labelers)))}
+            found = {u.name: u for u in s.scalars(active.where(User.name.in_(labelers)))}
             missing = [n for n in labelers if n not in found]
             if missing:
                 raise InputError(f"no active labeler named {missing[0]!r}", field="labelers")
-            team = [found[n] for n in labelers]
-        else:
-            if pool != "all":
-                q = q.where(User.heldout.is_(pool == "heldout"))
-            team = list(s.scalars(q.order_by(User.name)))
-        if len(team) < overlap:
+            team = [found[n] for n in dict.fromkeys(labelers)]
+            held = {u.heldout for u in team}
+            if pool is None:
+                pool = "all" if len(held) > 1 else ("heldout" if held == {True} else "train")
+            elif pool != "all" and held != {pool == "heldout"}:
+                odd = next(u.name for u in team if u.heldout != (pool == "heldout"))
+                raise InputError(f"labeler {odd!r} is not in the {pool} pool", field="labelers")
+        pool = pool or "train"
+        q = active if pool == "all" else active.where(User.heldout.is_(pool == "heldout"))
+        members = list(s.scalars(q.order_by(User.name)))
+        if len(members) < overlap:
             raise InputError(f"overlap {overlap} needs at least {overlap} labelers, have "
-                             f"{len(team)}", field="overlap")
+                             f"{len(members)} active in the {pool} pool", field="overlap")
+        if not labelers:
+            team = members
         if kind == "demo":
             q = select(PromptRow.id).order_by(PromptRow.id)
             if split:
@@ -272,23 +357,32 @@ def assign(engine: Engine, kind: str, labelers: list[str] | None = None, *, pool
             if split:
                 q = q.where(PromptRow.split == split)
             items = [(f"set:{sid}", pid, sid) for sid, pid in s.execute(q)]
-        ids = [u.id for u in team]
-        have: dict[str, set[int]] = defaultdict(set)
+        # Who covers what: every labeler of the pool, not only the named ones.
+        q = select(Task.labeler_id, Task.item, Task.state, User.active).join(
+            User, User.id == Task.labeler_id).where(Task.kind == kind)
+        if pool != "all":
+            q = q.where(User.heldout.is_(pool == "heldout"))
+        have: dict[str, set[int]] = defaultdict(set)  # item -> labelers who cover it
+        taken: dict[str, set[int]] = defaultdict(set)  # item -> labelers with any task on it
         load = {u.id: 0 for u in team}
-        for uid, item in s.execute(select(Task.labeler_id, Task.item).where(
-                Task.kind == kind, Task.labeler_id.in_(ids))):
-            have[item].add(uid)
-            load[uid] += 1
+        for uid, item, state, is_active in s.execute(q):
+            taken[item].add(uid)
+            if state != "pending" or is_active:
+                have[item].add(uid)
+            if uid in load:
+                load[uid] += 1
         items_used = 0
         for item, pid, sid in items:
             need = overlap - len(have[item])
             if need <= 0:
                 continue
+            free = sorted((u for u in team if u.id not in taken[item]),
+                          key=lambda u: (load[u.id], u.name))
+            if not free:
+                continue
             if limit is not None and items_used >= limit:
                 break
             items_used += 1
-            free = sorted((u for u in team if u.id not in have[item]),
-                          key=lambda u: (load[u.id], u.name))
             for u in free[:need]:
                 s.add(Task(labeler_id=u.id, kind=kind, item=item, prompt_id=pid, set_id=sid))
                 load[u.id] += 1
@@ -317,6 +411,13 @@ def next_task(engine: Engine, user: SessionUser) -> int | None:
                                               Task.state == "pending").order_by(Task.id))
 
 
+def task_state(engine: Engine, user: SessionUser, task_id: int) -> str | None:
+    """The state of the user's own task `task_id`, or None (not theirs, or no such task)."""
+    with read(engine) as s:
+        return s.scalar(select(Task.state).where(Task.id == task_id,
+                                                 Task.labeler_id == user.id))
+
+
 def _owned(s, user: SessionUser, task_id: int, *, lock: bool = False) -> Task:
     q = select(Task).where(Task.id == task_id)
     if lock:
@@ -335,6 +436,14 @@ def display_order(task_id: int, k: int) -> list[int]:
     order = list(range(k))
     random.Random(task_id).shuffle(order)
     return order
+
+
+def letters(task_id: int, k: int) -> list[str]:
+    """letters[i]: the letter response i is shown under on task `task_id`'s page."""
+    out = [""] * k
+    for n, i in enumerate(display_order(task_id, k)):
+        out[i] = chr(65 + n)
+    return out
 
 
 def task_view(engine: Engine, user: SessionUser, task_id: int) -> dict:
@@ -377,7 +486,7 @@ def _records(task: Task, user: SessionUser, action: str, form: dict[str, list[st
         return "done", None, {"demonstration": Demonstration(
             pid, user.name, forms.parse_demonstration(form)).to_dict()}
     if task.kind == "rank":
-        f = forms.parse_ranking(form, len(responses))
+        f = forms.parse_ranking(form, len(responses), letters(task.id, len(responses)))
         return "done", None, {"ranking": Ranking(pid, user.name, responses, **f).to_dict()}
     base, text = forms.parse_edit(form, [r.text for r in responses])
     return "done", None, {
@@ -515,6 +624,45 @@ def _merged_labelers(engine: Engine, path: Path) -> list[Labeler]:
                              f"is heldout={u['heldout']} in the labeling database", path=str(path))
         merged[u["name"]] = Labeler(u["name"], heldout=u["heldout"])
     return list(merged.values())
+
+
+def labels(engine: Engine, *, labeler: str | None = None, task_id: int | None = None,
+           offset: int = 0, limit: int = 50) -> tuple[list[dict], int]:
+    """Stored labels, newest first, for the admin's label browser: ([label, ...], how many
+    match). Each label: id, task_id, task_kind, kind (ranking | demonstration), labeler,
+    heldout, created_at, record (as exported), and `responses`: for a ranking, one entry per
+    response in the order the labeler saw them ({name, idx, text, likert, flags, policy}),
+    with `ranking_text` in those names ("C > A = D > B")."""
+    with read(engine) as s:
+        q = (select(Label, Task.kind, User.name).join(Task, Task.id == Label.task_id)
+             .join(User, User.id == Label.labeler_id))
+        if labeler:
+            q = q.where(User.name == labeler)
+        if task_id is not None:
+            q = q.where(Label.task_id == task_id)
+        total = s.scalar(select(func.count()).select_from(q.subquery()))
+        rows = s.execute(q.order_by(Label.id.desc()).offset(offset).limit(limit)).all()
+    out = []
+    for lab, task_kind, name in rows:
+        rec = json.loads(lab.record)
+        entry = {"id": lab.id, "task_id": lab.task_id, "task_kind": task_kind, "kind": lab.kind,
+                 "labeler": name, "heldout": lab.heldout, "created_at": lab.created_at,
+                 "record": rec, "responses": [], "ranking_text": None}
+        if lab.kind == "ranking":
+            resp = rec["responses"]
+            names = letters(lab.task_id, len(resp)) if task_kind == "rank" else \
+                ["edit", "original"]
+            order = sorted(range(len(resp)), key=lambda i: names[i]) if task_kind == "rank" \
+                else list(range(len(resp)))
+            entry["responses"] = [{"name": names[i], "idx": i, "text": resp[i]["text"],
+                                   "policy": resp[i]["policy"],
+                                   "likert": rec["likert"][i] if rec.get("likert") else None,
+                                   "flags": rec["flags"][i] if rec.get("flags") else []}
+                                  for i in order]
+            entry["ranking_text"] = " > ".join(" = ".join(sorted(names[i] for i in g))
+                                               for g in rec["ranking"]) or None
+        out.append(entry)
+    return out, total
 
 
 def counts(engine: Engine) -> dict[str, int]:

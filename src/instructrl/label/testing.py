@@ -14,7 +14,7 @@ from instructrl.label.samples import SampleSet
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 _CARDS = re.compile(r'data-cards="([^"]*)"')
-_TASK = re.compile(r"/tasks/(\d+)$")
+_TASK = re.compile(r"^/tasks/(\d+)$")
 
 
 def make_prompts(n: int, split: str = "train", prefix: str = "p") -> list[Prompt]:
@@ -37,16 +37,20 @@ def csrf_of(html: str) -> str:
 
 
 def random_ranking(k: int, rng: random.Random) -> dict[str, list[str]]:
-    """A valid ranking form for K responses: random order, sometimes a tie, random flags."""
+    """A valid ranking form for K responses: random order, sometimes a tie, random flags, and
+    Likert scores that agree with the ranking (higher rows never score lower)."""
     order = list(range(k))
     rng.shuffle(order)
     groups = [[i] for i in order]
     if k > 2 and rng.random() < 0.5:
         j = rng.randrange(len(groups) - 1)
         groups[j:j + 2] = [groups[j] + groups[j + 1]]
+    scores = sorted((rng.randint(1, 7) for _ in groups), reverse=True)
     form = {"ranking": [json.dumps(groups)]}
+    for g, score in zip(groups, scores):
+        for i in g:
+            form[f"likert_{i}"] = [str(score)]
     for i in range(k):
-        form[f"likert_{i}"] = [str(rng.randint(1, 7))]
         form[f"flags_{i}"] = rng.sample(FLAGS, rng.randint(0, 2))
     return form
 
@@ -70,7 +74,7 @@ class LabelerClient:
     def next_task(self) -> tuple[int, str, list[int]] | None:
         """(task id, page html, response indices) of the next pending task, or None."""
         r = self.http.get("/next", follow_redirects=True)
-        m = _TASK.search(str(r.url))
+        m = _TASK.search(r.url.path)
         if not m:
             return None
         cards = _CARDS.search(r.text)

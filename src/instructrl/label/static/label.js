@@ -1,38 +1,60 @@
-// instructrl labeling: ranking with ties (drag and drop + keyboard) and the edit picker.
+// instructrl labeling: ranking with ties (buttons, drag and drop, keyboard) and the edit picker.
 // No framework, no build. State is a list of groups of response indices, best first; a group
-// of several is a tie. It is written to the hidden `ranking` field as JSON on every change.
+// of several is a tie. The hidden `ranking` field stays empty until the labeler ranks on
+// purpose (moves a card, or presses "Order by Likert" / "Keep this order"): the order the
+// page happens to show must never be submitted as a judgement.
 (function () {
   'use strict';
 
-  function initRanking(widget) {
+  function initRanking(widget, form) {
     const input = document.getElementById('ranking-input');
     const status = document.getElementById('ranking-status');
+    const confirmed = document.getElementById('contradiction-ok');
+    const warning = document.getElementById('ranking-warning');
+    const conflictList = document.getElementById('ranking-conflicts');
     const cards = JSON.parse(widget.dataset.cards);  // [{idx, letter, preview}] in display order
     const byIdx = new Map(cards.map(c => [c.idx, c]));
     let groups = cards.map(c => [c.idx]);
+    let ranked = false;
     let dragged = null;
+    input.value = '';  // nothing a browser restored from an earlier visit
+    confirmed.value = '';
 
     function where(idx) {
       for (let g = 0; g < groups.length; g++) if (groups[g].includes(idx)) return g;
       return -1;
     }
+    function letter(idx) { return byIdx.get(idx).letter; }
     function describe() {
-      return groups.map((g, n) => (n + 1) + ': ' + g.map(i => byIdx.get(i).letter).join(' = ')).join(', ');
+      return groups.map((g, n) => (n + 1) + ': ' + g.map(letter).join(' = ')).join(', ');
     }
-    function commit(focusIdx) {
+    function likert(idx) {
+      const r = form.querySelector('input[name="likert_' + idx + '"]:checked');
+      return r ? parseInt(r.value, 10) : null;
+    }
+    function hideWarning() {
+      confirmed.value = '';
+      warning.hidden = true;
+    }
+    // A ranked action: the state becomes the labeler's ranking.
+    function commit(focusIdx, focusWhat) {
       groups = groups.filter(g => g.length > 0);
+      ranked = true;
       input.value = JSON.stringify(groups);
+      widget.classList.remove('unranked');
+      hideWarning();
       render();
       status.textContent = 'Ranking, best first — ' + describe();
       if (focusIdx !== undefined) {
-        const el = widget.querySelector('.card[data-idx="' + focusIdx + '"]');
-        if (el) el.focus();
+        const card = widget.querySelector('.card[data-idx="' + focusIdx + '"]');
+        const btn = card && focusWhat ? card.querySelector('button.' + focusWhat) : null;
+        if (btn && !btn.disabled) btn.focus(); else if (card) card.focus();
       }
     }
 
     // Keyboard: half steps. A card in a tie leaves it (to a row of its own above / below);
     // a card alone joins the neighbouring row (a tie). Every ranking is reachable.
-    function move(idx, dir) {
+    function halfStep(idx, dir) {
       const g = where(idx);
       if (groups[g].length > 1) {
         groups[g] = groups[g].filter(i => i !== idx);
@@ -44,6 +66,27 @@
         groups[g] = [];
       }
       commit(idx);
+    }
+    // Buttons (touch): a whole step, to a row of its own past the neighbouring row; "=" ties
+    // the card with the row above.
+    function step(idx, dir) {
+      const g = where(idx);
+      if (groups[g].length > 1) {
+        groups[g] = groups[g].filter(i => i !== idx);
+        groups.splice(dir < 0 ? g : g + 1, 0, [idx]);
+      } else {
+        const t = g + dir;
+        if (t < 0 || t >= groups.length) return;
+        [groups[g], groups[t]] = [groups[t], groups[g]];
+      }
+      commit(idx, dir < 0 ? 'move-up' : 'move-down');
+    }
+    function tieUp(idx) {
+      const g = where(idx);
+      if (g === 0) return;
+      groups[g] = groups[g].filter(i => i !== idx);
+      groups[g - 1].push(idx);
+      commit(idx, 'tie-up');
     }
 
     // Drag and drop: onto a row = tie with it; onto the gap between rows = a row of its own.
@@ -80,6 +123,17 @@
       dropZone(el, idx => dropInGap(idx, before));
       return el;
     }
+    function button(cls, text, label, disabled, onClick) {
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.className = 'move ' + cls;
+      b.textContent = text;
+      b.setAttribute('aria-label', label);
+      b.title = label;
+      b.disabled = disabled;
+      b.addEventListener('click', onClick);
+      return b;
+    }
 
     function render() {
       widget.replaceChildren();
@@ -105,14 +159,23 @@
           card.dataset.letter = c.letter;
           card.setAttribute('aria-label', 'Response ' + c.letter + ', rank ' + (n + 1) +
             (g.length > 1 ? ' (tied)' : '') + '. Arrow keys move it.');
-          const letter = document.createElement('span');
-          letter.className = 'letter'; letter.textContent = c.letter;
+          const lt = document.createElement('span');
+          lt.className = 'letter'; lt.textContent = c.letter;
           const prev = document.createElement('span');
           prev.className = 'preview'; prev.textContent = c.preview || '(empty response)';
-          card.append(letter, prev);
+          const alone = g.length === 1;
+          const tools = document.createElement('span');
+          tools.className = 'moves';
+          tools.append(
+            button('move-up', '↑', 'Move response ' + c.letter + ' up', n === 0 && alone, () => step(idx, -1)),
+            button('move-down', '↓', 'Move response ' + c.letter + ' down',
+                   n === groups.length - 1 && alone, () => step(idx, +1)),
+            button('tie-up', '=', 'Tie response ' + c.letter + ' with the row above', n === 0, () => tieUp(idx)));
+          card.append(lt, prev, tools);
           card.addEventListener('keydown', e => {
-            if (e.key === 'ArrowUp') { e.preventDefault(); move(idx, -1); }
-            else if (e.key === 'ArrowDown') { e.preventDefault(); move(idx, +1); }
+            if (e.target !== card) return;  // the buttons inside keep their own keys
+            if (e.key === 'ArrowUp') { e.preventDefault(); halfStep(idx, -1); }
+            else if (e.key === 'ArrowDown') { e.preventDefault(); halfStep(idx, +1); }
           });
           card.addEventListener('dragstart', e => {
             dragged = idx; card.classList.add('dragging'); widget.classList.add('drag-on');
@@ -132,33 +195,87 @@
     }
 
     // Seed the ranking from the Likert scores: higher first, equal scores tied.
-    const byLikert = document.getElementById('by-likert');
-    if (byLikert) byLikert.addEventListener('click', () => {
-      const score = idx => {
-        const r = document.querySelector('input[name="likert_' + idx + '"]:checked');
-        return r ? parseInt(r.value, 10) : 0;
-      };
-      const levels = [...new Set(cards.map(c => score(c.idx)))].sort((a, b) => b - a);
-      groups = levels.map(v => cards.filter(c => score(c.idx) === v).map(c => c.idx));
+    document.getElementById('by-likert').addEventListener('click', () => {
+      const missing = cards.filter(c => likert(c.idx) === null).map(c => c.letter);
+      if (missing.length) {
+        status.textContent = 'Give every response a Likert score first (missing: ' + missing.join(', ') + ').';
+        return;
+      }
+      const levels = [...new Set(cards.map(c => likert(c.idx)))].sort((a, b) => b - a);
+      groups = levels.map(v => cards.filter(c => likert(c.idx) === v).map(c => c.idx));
       commit();
     });
+    document.getElementById('keep-order').addEventListener('click', () => commit());
 
-    commit();
+    // Pairs ranked strictly one way but scored the other way (forms.contradictions).
+    function conflicts() {
+      const rank = new Map();
+      groups.forEach((g, n) => g.forEach(i => rank.set(i, n)));
+      const out = [];
+      for (const [i, ri] of rank) for (const [j, rj] of rank) {
+        const li = likert(i), lj = likert(j);
+        if (ri < rj && li !== null && lj !== null && li < lj) out.push([i, j]);
+      }
+      return out.sort((a, b) => letter(a[0]).localeCompare(letter(b[0])) || letter(a[1]).localeCompare(letter(b[1])));
+    }
+    form.addEventListener('change', e => {
+      if (e.target.name && e.target.name.startsWith('likert_')) hideWarning();
+    });
+    form.addEventListener('submit', e => {
+      if (!ranked) {
+        e.preventDefault();
+        status.textContent = 'Rank the responses first: move the cards, or press "Order by Likert scores" or "Keep this order".';
+        status.classList.add('error');
+        widget.scrollIntoView({block: 'center'});
+        return;
+      }
+      status.classList.remove('error');
+      const bad = conflicts();
+      if (bad.length && confirmed.value !== '1') {
+        e.preventDefault();
+        conflictList.replaceChildren(...bad.map(([i, j]) => {
+          const li = document.createElement('li');
+          li.textContent = 'You ranked ' + letter(i) + ' above ' + letter(j) + ', but scored ' +
+            letter(i) + ' ' + likert(i) + ' and ' + letter(j) + ' ' + likert(j) + '.';
+          return li;
+        }));
+        warning.hidden = false;
+        warning.scrollIntoView({block: 'center'});
+        document.getElementById('fix-ranking').focus();
+      }
+    });
+    document.getElementById('fix-ranking').addEventListener('click', () => {
+      hideWarning();
+      const first = widget.querySelector('.card');
+      if (first) first.focus();
+    });
+    document.getElementById('submit-anyway').addEventListener('click', () => {
+      confirmed.value = '1';
+      form.requestSubmit();
+    });
+
+    render();
   }
 
+  // The edit picker: the text box always holds an edit of the checked response. Choosing
+  // another response after editing asks first; "cancel" keeps both the edit and its response.
   function initEdit(form) {
     const text = document.getElementById('edit-text');
+    let current = form.querySelector('input[name="base"]:checked');
     let touched = false;
     text.addEventListener('input', () => { touched = true; });
     form.querySelectorAll('input[name="base"]').forEach(r => r.addEventListener('change', () => {
       if (!touched || window.confirm('Replace your edit with this response?')) {
-        text.value = r.dataset.text; touched = false;
+        text.value = r.dataset.text; touched = false; current = r;
+      } else if (current) {
+        current.checked = true;  // the edit stays, and so does the response it was made from
       }
     }));
   }
 
+  const rankForm = document.getElementById('rank-form');
   const widget = document.getElementById('ranking-widget');
-  if (widget) initRanking(widget);
+  if (widget && rankForm) initRanking(widget, rankForm);
   const edit = document.getElementById('edit-form');
   if (edit) initEdit(edit);
 })();
