@@ -90,3 +90,39 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         write_records(path, [{"a": 2}, Boom()])
     assert path.read_text() == '{"a": 1}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["p.jsonl"]  # no temp file left behind
+
+
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"}, {"role": "user", "content": "what is a zorp?"}]
+
+
+def test_prompt_messages_round_trip_and_chat():
+    p = Prompt(id="p1", user_id="u1", text="System: Be brief.\n\n...", messages=CHAT)
+    d = p.to_dict()
+    assert d["messages"] == CHAT and Prompt.from_dict(d) == p
+    assert p.chat == CHAT
+    single = Prompt(id="p2", user_id="u1", text="what is a zorp?")
+    assert "messages" not in single.to_dict()  # single-turn lines stay as they were
+    assert single.chat == "what is a zorp?"
+    assert Prompt.from_dict(single.to_dict()) == single
+
+
+@pytest.mark.parametrize("mutate, field, message", [
+    (lambda m: m[1].update(role="bot"), "messages[1].role", "expected one of"),
+    (lambda m: m[2].update(role="system"), "messages[2].role", "only come first"),
+    (lambda m: m.pop(), "messages[2].role", "last turn must be the user's"),
+    (lambda m: m[3].update(content="  "), "messages[3].content", "must not be empty"),
+    (lambda m: m[1].update(content=3), "messages[1].content", "expected str"),
+    (lambda m: m[0].update(name="x"), "messages[0].name", "unknown field"),
+    (lambda m: m.__setitem__(1, "hi"), "messages[1]", "expected an object"),
+    (lambda m: m.clear(), "messages", "at least one user turn"),
+])
+def test_bad_messages_name_the_turn(tmp_path, mutate, field, message):
+    chat = json.loads(json.dumps(CHAT))
+    mutate(chat)
+    path = tmp_path / "p.jsonl"
+    _write_lines(path, [json.dumps({"id": "p", "user_id": "u", "text": "t", "messages": chat})])
+    with pytest.raises(InputError) as e:
+        read_records(path, Prompt.from_dict)
+    assert (e.value.line, e.value.field) == (1, field)
+    assert message in str(e.value)

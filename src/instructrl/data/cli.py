@@ -1,4 +1,6 @@
 """`instructrl data prepare`: raw prompts -> RUN/data/prompts.jsonl (deduped, capped, split).
+`instructrl data import`: a user's own data (files or hub ids in the recipe's `sources`, or
+named on the command line) -> RUN/data/{prompts,demonstrations,rankings,ptx}.jsonl (sources.py).
 `instructrl data import-pairs`: chosen/rejected pairs (HH-RLHF) -> K = 2 rankings (pairs.py)."""
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from pathlib import Path
 
 from instructrl.cli import add_common
 from instructrl.config import load_config
+from instructrl.data.formats import FORMATS, KINDS
 from instructrl.data.jsonl import read_records, write_records
 from instructrl.data.prompts import prepare
 from instructrl.data.records import Labeler, Prompt
@@ -26,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="raw prompts jsonl (default: RUN/data/raw_prompts.jsonl)")
     prep.add_argument("--heldout-labelers", default=None, metavar="ID,ID",
                       help="labeler IDs to mark held out in RUN/data/labelers.jsonl")
+    add_import_arguments(sub)
     imp = sub.add_parser("import-pairs", help="chosen/rejected pairs (HH-RLHF) as K = 2 rankings",
                          description="Read {chosen, rejected} dialogues (Anthropic HH-RLHF "
                                      "format) from a .jsonl/.jsonl.gz file or a Hugging Face "
@@ -47,9 +51,110 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     imp.add_argument("--force", action="store_true", help="replace existing RUN/data files")
 
 
+IMPORT_HELP = """\
+Read prompts, demonstrations, preferences and pretraining text from your files or Hugging Face
+hub data sets, check every row, split the prompts train/valid/test (by user ID, or by prompt
+when the data has none), and write RUN/data/prompts.jsonl, demonstrations.jsonl,
+rankings.jsonl and ptx.jsonl. Nothing is written if any row is bad.
+
+Either the recipe's `sources` section (see SourcesConfig; RUN/config.yaml when the run has
+one and no --recipe is given):
+
+  sources:
+    demonstrations: [{path: alpaca_data.json}, {path: databricks/databricks-dolly-15k}]
+    preferences: [{path: HuggingFaceH4/ultrafeedback_binarized, split: train_prefs}]
+    ptx: [{path: wikitext.parquet, limit: 20000}]
+    valid_fraction: 0.1
+
+or files on the command line (--format, --column, ... then apply to each of them; use a recipe
+for different settings per source):
+
+  instructrl data import --out runs/mine --demonstrations qa.csv \\
+      --column prompt=question --column response=answer --preferences pairs.jsonl
+
+formats (--format, default auto: told from the columns):
+  messages       {messages: [{role, content}, ...]} (or ShareGPT conversations)
+  alpaca         instruction, input, output
+  dolly          instruction, context, response, category
+  self-instruct  instruction, instances: [{input, output}]
+  pairs          prompt, chosen, rejected (strings, or chosen/rejected message lists)
+  hh             chosen, rejected HH-RLHF dialogues ("\\n\\nHuman: ...\\n\\nAssistant: ...")
+  rankings       prompt, responses, ranking (the project's K-wise ranking record)
+  prompts        prompt (or text), response (optional)
+  text           text (pretraining text for --ptx)
+Every format also reads user_id, category, style and labeler_id columns when present.
+--column FIELD=COLUMN reads FIELD from another column; FIELD= ignores a column.
+
+Files: .jsonl, .jsonl.gz, .json, .csv, .tsv, .parquet; anything else is a hub id (through the
+local Hugging Face cache when offline) or a data directory for datasets.load_dataset.
+Existing RUN/data files this import would write are an error unless --force; files it does
+not write (e.g. ptx.jsonl when no --ptx) are left as they are."""
+
+
+def add_import_arguments(sub) -> None:
+    imp = sub.add_parser("import", help="your own data (files or hub data sets) into RUN/data",
+                         description=IMPORT_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common(imp)
+    for kind, what in (("prompts", "prompts (PPO and collection prompts)"),
+                       ("demonstrations", "demonstrations (SFT)"),
+                       ("preferences", "preference pairs or rankings (RM)"),
+                       ("ptx", "pretraining text (PPO-ptx)")):
+        imp.add_argument(f"--{kind}", action="append", default=[], metavar="SRC",
+                         help=f"a file or hub id of {what}; repeatable. Any of these replaces "
+                              f"the recipe's sources")
+    imp.add_argument("--format", default="auto", choices=("auto",) + FORMATS, metavar="FORMAT",
+                     help="format of the sources given here (default auto)")
+    imp.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
+                     help="read FIELD from COLUMN (FIELD= ignores it); repeatable")
+    imp.add_argument("--split", default=None, help="hub dataset split (default train)")
+    imp.add_argument("--name", default=None, help="hub dataset config name")
+    imp.add_argument("--data-dir", default=None, help="hub dataset sub-directory")
+    imp.add_argument("--limit", type=int, default=None, help="read at most N rows of each")
+    imp.add_argument("--category", default=None,
+                     help="category of prompts whose rows have none (default other)")
+    imp.add_argument("--labeler", default=None,
+                     help="labeler id of demonstrations and rankings whose rows have none "
+                          "(default: hh for HH data, else the file or data set name)")
+    imp.add_argument("--force", action="store_true", help="replace existing RUN/data files")
+
+
+def quick_sources(args: argparse.Namespace) -> dict[str, tuple[dict, ...]] | None:
+    """The sources named on the command line, as SourcesConfig entries; None if none."""
+    if not any(getattr(args, k) for k in KINDS):
+        return None
+    columns: dict[str, str | None] = {}
+    for item in args.column:
+        name, eq, col = item.partition("=")
+        if not eq or not name.strip():
+            raise InputError(f"expected FIELD=COLUMN, got {item!r}", field="--column")
+        columns[name.strip()] = col.strip() or None
+    settings = {"format": args.format, "split": args.split, "name": args.name,
+                "data_dir": args.data_dir, "limit": args.limit, "columns": columns or None,
+                "category": args.category, "labeler": args.labeler}
+    settings = {k: v for k, v in settings.items() if v is not None}
+    return {k: tuple({"path": p, **settings} for p in getattr(args, k)) for k in KINDS}
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from instructrl.cli import run_config
+    from instructrl.data.sources import import_sources
+    from instructrl.rundir import RunDir
+
+    cfg = run_config(args)
+    quick = quick_sources(args)
+    if quick is not None:
+        cfg = dataclasses.replace(cfg, sources=dataclasses.replace(cfg.sources, **quick))
+    for line in import_sources(cfg, RunDir(args.out), force=args.force):
+        print(line)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.action == "import-pairs":
         return run_import_pairs(args)
+    if args.action == "import":
+        return run_import(args)
     cfg = load_config(args.recipe, args.overrides)
     data_dir = Path(args.out) / "data"
     src = Path(args.inp) if args.inp else data_dir / "raw_prompts.jsonl"

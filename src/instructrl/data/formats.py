@@ -4,17 +4,23 @@ One function per format maps one row (a dict: a JSON line, a csv row, a hub data
 records: `Prompt`s (ids set, split not yet), `Demonstration`s, K-wise `Ranking`s, or ptx
 texts. Reading files is `sources.py`'s job; splitting and writing too.
 
-| format | fields of a row | gives |
-|---|---|---|
-| messages | messages: [{role, content}, ...] (also ShareGPT `conversations` with from/value) | the turns before the last assistant reply: a prompt; that reply: a demonstration |
-| alpaca | instruction, input (optional), output | prompt instruction + "\\n\\n" + input; demonstration output |
-| dolly | instruction, context (optional), response, category (Dolly's, mapped to ours) | prompt instruction + "\\n\\n" + context; demonstration response |
-| self-instruct | instruction, instances: [{input, output}], is_classification | one prompt and demonstration per instance |
-| pairs | prompt, chosen, rejected: strings, or chosen / rejected as message lists (UltraFeedback-binarized: their turns before the last reply are the prompt) | a K = 2 ranking |
-| hh | chosen, rejected: "\\n\\nHuman: ...\\n\\nAssistant: ..." dialogues (HH-RLHF) | a K = 2 ranking |
-| rankings | prompt (string or messages) and a Ranking record's fields: responses ([{text, policy}] or strings), ranking, labeler_id, likert, flags, critique, skipped | a K-wise ranking |
-| prompts | prompt (string or messages), response (optional: a demonstration), meta | a prompt |
-| text | text | a ptx text (App. C.3/C.4) |
+- ``messages``: messages: [{role, content}, ...] (or ShareGPT ``conversations`` of
+  {from, value}). A demonstration is the last assistant reply, its prompt the turns before;
+  in a prompts source the prompt is the turns up to the user's last.
+- ``alpaca``: instruction, input (optional), output. Prompt instruction + "\\n\\n" + input.
+- ``dolly``: instruction, context (optional), response, category (Dolly's, mapped to the
+  paper's). Prompt instruction + "\\n\\n" + context.
+- ``self-instruct``: instruction, instances: [{input, output}], is_classification. One
+  prompt (instruction + input) and demonstration per instance.
+- ``pairs``: prompt, chosen, rejected as strings; or chosen / rejected as message lists
+  (UltraFeedback-binarized), whose turns before the last reply are the prompt. K = 2.
+- ``hh``: chosen, rejected: "\\n\\nHuman: ...\\n\\nAssistant: ..." dialogues (HH-RLHF). K = 2.
+- ``rankings``: prompt (a string or messages) and a Ranking record's fields (records.py):
+  responses ([{text, policy}], or strings), ranking, labeler_id, likert, flags, critique,
+  skipped. K-wise.
+- ``prompts``: prompt (a string or messages; a Prompt record's ``text`` counts), response
+  (optional: a demonstration), meta.
+- ``text``: text. A ptx text (App. C.3/C.4); blank ones are skipped.
 
 Every format also reads, when the row has them, `user_id` (the split is by user), `category`,
 `style` and `labeler_id`. A `columns: {field: column}` mapping renames a data set's columns to
@@ -433,12 +439,12 @@ def map_rankings(row: dict, src: SourceInfo, index: int) -> Mapped:
     if src.kind != "preferences":
         return out
     d = {k: row[k] for k in RANKING_FIELDS if row.get(k) is not None}
-    if isinstance(d.get("responses"), list):  # plain strings: written by the source's policy
-        d["responses"] = [{"text": r, "policy": src.name} if isinstance(r, str) else r
-                          for r in d["responses"]]
     for k in ("responses", "ranking", "likert", "flags"):
         if isinstance(d.get(k), str):  # csv cells
             d[k] = _list(d, k)
+    if isinstance(d.get("responses"), list):  # plain strings: written by the source's policy
+        d["responses"] = [{"text": r, "policy": src.name} if isinstance(r, str) else r
+                          for r in d["responses"]]
     out.rankings.append(Ranking.from_dict({**d, "prompt_id": prompt.id,
                                            "labeler_id": _labeler(row, src)}))
     return out
