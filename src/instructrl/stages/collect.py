@@ -163,7 +163,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = run_config(args)
+    cfg = run_config(args, record="collect")
     rd = RunDir(args.out)
     policies = {}
     for spec in args.policy or ["sft"]:

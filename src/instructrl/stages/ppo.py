@@ -436,7 +436,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = run_config(args)
+    cfg = run_config(args, record="ppo")
     rd = RunDir(args.out)
     init = args.init or rd.stage("sft")
     rm = args.rm or rd.stage("rm")

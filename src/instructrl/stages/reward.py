@@ -223,7 +223,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = run_config(args)
+    cfg = run_config(args, record="rm")
     rd = RunDir(args.out)
     t0 = time.time()
     train(cfg, rd, args.init or rd.stage("sft"), args.rankings, stage=args.stage)

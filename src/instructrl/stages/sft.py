@@ -275,7 +275,7 @@ def default_init(run: RunDir) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = run_config(args)
+    cfg = run_config(args, record="sft")
     rd = RunDir(args.out)
     t0 = time.time()
     if args.action == "select":
