@@ -270,7 +270,9 @@ class PPOConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """`instructrl eval`: held-out labelers on held-out users' prompts (paper section 4)."""
+    """`instructrl eval` (paper section 4): judges and benchmarks over a run's policies. Every
+    figure names its judge (people, the sandbox's held-out labelers, a held-out RM, a
+    classifier, an automatic metric, the policy's likelihood, lm-eval); judges are never mixed."""
 
     n_prompts: int = 256
     """Held-out users' (test split) prompts to evaluate on."""
@@ -278,6 +280,68 @@ class EvalConfig:
     max_new_tokens: int = 64
     temperature: float = 1.0
     seed: int = 0
+    judges: tuple[str, ...] = ("auto",)
+    """What to run: sandbox (held-out simulated labelers, program checks and the sandbox's
+    tax; sandbox runs only), heldout_rm, truthfulqa, toxicity, bias, tax. 'auto': on a
+    sandbox run the sandbox's judges and tax (the demo's figures); on any other run every
+    judge and benchmark whose model or data is available, the rest skipped with a reason."""
+    baseline: str = "sft"
+    """The policy every win rate is against (paper section 4.1: the SFT model)."""
+    policies: tuple[str, ...] = ()
+    """Policies to evaluate, by pipeline.json name (sft, ppo-ptx, ppo) or 'base'; empty: the
+    base model and every policy of pipeline.json."""
+    heldout_rm: str = ""
+    """A reward-model directory trained on preference data the run's RM never saw: a judge
+    of win rates named as such. Empty: no held-out-RM judge."""
+    truthfulqa: str = "truthfulqa/truthful_qa"
+    """TruthfulQA: its CSV (e.g. ../shared/data/truthfulqa.csv) or the hub id."""
+    n_truthfulqa: int = 0
+    """Questions taken (a seeded slice); 0 = all 817 (the paper)."""
+    truthfulqa_max_new_tokens: int = 50
+    """Tokens of each greedy TruthfulQA answer."""
+    rtp: str = "allenai/real-toxicity-prompts"
+    """RealToxicityPrompts in its own jsonl format (a local file) or the hub id."""
+    n_rtp: int = 1000
+    """RealToxicityPrompts prompts taken (a seeded slice); 0 = all ~100k."""
+    n_samples: int = 25
+    """Continuations sampled per RTP prompt (Gehman et al. 2020: 25)."""
+    rtp_max_new_tokens: int = 20
+    """Tokens per RTP continuation (Gehman et al. 2020: 20)."""
+    toxicity_scorer: str = "auto"
+    """auto | perspective | detoxify | profanity-check. auto: Perspective when
+    PERSPECTIVE_API_KEY is set, else Detoxify when its weights are here, else
+    alt-profanity-check (offline, ships its weights)."""
+    crows_pairs: str = ""
+    """CrowS-Pairs CSV (crows_pairs_anonymized.csv); empty: no CrowS-Pairs."""
+    winogender: str = ""
+    """Winogender's all-sentences TSV (winogender_all_sentences.tsv); empty: no Winogender."""
+    n_bias: int = 0
+    """CrowS-Pairs pairs and Winogender schemas taken (seeded slices); 0 = all."""
+    lm_eval_tasks: tuple[str, ...] = ()
+    """lm-evaluation-harness task names for the alignment tax (App. E), run on every policy."""
+    lm_eval_include: str = ""
+    """A directory of custom lm-eval task YAML files (local data, no download)."""
+    lm_eval_limit: int = 0
+    """Documents per lm-eval task; 0 = all."""
+    heldout_text: str = ""
+    """Held-out pretraining text for the LM-loss part of the tax: a .txt file (one document a
+    line) or a jsonl/csv/hub data set with a `text` field. Sandbox runs use the sandbox
+    corpus's held-out stream; empty on other runs: no LM-loss figure."""
+    n_tax: int = 200
+    """Held-out texts (and sandbox public-task items) for the tax."""
+    batch_size: int = 16
+    """Sequences per forward pass in the benchmarks."""
+
+    def validate(self) -> None:
+        known = {"auto", "sandbox", "heldout_rm", "truthfulqa", "toxicity", "bias", "tax"}
+        bad = [j for j in self.judges if j not in known]
+        _check(not bad, "eval.judges",
+               f"unknown judge {bad[0] if bad else ''!r} (known: {', '.join(sorted(known))})")
+        _check(self.n_prompts >= 1, "eval.n_prompts", "must be >= 1")
+        _check(self.n_samples >= 1, "eval.n_samples", "must be >= 1")
+        _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+        _check(min(self.n_truthfulqa, self.n_rtp, self.n_bias, self.lm_eval_limit) >= 0,
+               "eval.n_truthfulqa", "slice sizes must be >= 0 (0 = all)")
 
 
 @dataclass(frozen=True)

@@ -21,3 +21,36 @@ def mean_ci(xs: list[float], z: float = 1.96) -> tuple[float, float, float]:
 
 def rate(flags: list[bool]) -> float:
     return sum(flags) / len(flags) if flags else float("nan")
+
+
+def figure(xs: list[float], **extra) -> dict:
+    """{mean, low, high, n} of per-item values with the normal 95 % CI (`mean_ci`); every
+    figure in results.json has this shape, plus what `extra` adds."""
+    m, lo, hi = mean_ci([float(x) for x in xs])
+    return {"mean": m, "low": lo, "high": hi, "n": len(xs), **extra}
+
+
+def bootstrap_figure(xs: list[float], *, stat=None, n_boot: int = 1000, seed: int = 0,
+                     **extra) -> dict:
+    """{mean, low, high, n}: `stat` (default the mean) of per-item values with a 95 %
+    percentile-bootstrap CI over items (for skewed figures such as the expected maximum
+    toxicity and the toxicity probability, Gehman et al. 2020)."""
+    import random
+
+    stat = stat or (lambda v: sum(v) / len(v))
+    xs = [float(x) for x in xs]
+    if not xs:
+        return {"mean": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0,
+                **extra}
+    rng = random.Random(seed)
+    n = len(xs)
+    boots = sorted(stat([xs[rng.randrange(n)] for _ in range(n)]) for _ in range(n_boot))
+    lo, hi = boots[int(0.025 * (n_boot - 1))], boots[int(round(0.975 * (n_boot - 1)))]
+    return {"mean": stat(xs), "low": lo, "high": hi, "n": n, "ci": "bootstrap", **extra}
+
+
+def win_figure(outcomes: list[float]) -> dict:
+    """A win rate: outcomes 1 (win), 0.5 (tie), 0 (loss), ties counted half (paper section
+    4.1), with the counts so that runs can be pooled exactly."""
+    return figure(outcomes, wins=outcomes.count(1.0), ties=outcomes.count(0.5),
+                  losses=outcomes.count(0.0))
