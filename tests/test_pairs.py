@@ -62,6 +62,12 @@ def test_build_makes_k2_rankings_with_the_chosen_response_first():
     imp = build(enumerate(ROWS, 1), source="x.jsonl", valid_fraction=0.0, seed=0)
     assert imp.rows == 3 and imp.identical == 0
     assert [p.text for p in imp.prompts] == [MULTI, f"{H} is a blip red?{A}"]
+    # What a model is prompted with: the dialogue's turns, not one message holding "Human:".
+    assert [p.chat for p in imp.prompts] == [
+        [{"role": "user", "content": "where does the zorp live?"},
+         {"role": "assistant", "content": "In caves."},
+         {"role": "user", "content": "and what does it eat?"}],
+        [{"role": "user", "content": "is a blip red?"}]]
     for p in imp.prompts:
         assert p.id == prompt_id(p.text) and p.user_id == f"user-{p.id}"
         assert p.split == "train" and p.category == "other"
@@ -179,6 +185,24 @@ def test_a_hub_id_goes_to_datasets_load_dataset(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "data" / "rankings.jsonl").exists()
 
 
+def test_an_unreachable_hub_id_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    """Found by a user: offline, a hub id was a raw ConnectionError traceback."""
+    import datasets
+
+    def offline(name, **kwargs):
+        raise ConnectionError("Couldn't reach 'Anthropic/hh-rlhf' on the Hub "
+                              "(LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    assert main(["data", "import-pairs", "--in", "Anthropic/hh-rlhf", "--out",
+                 str(tmp_path / "run"), "--hub-data-dir", "harmless-base"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "'Anthropic/hh-rlhf' is not in the local cache" in err
+    assert "hf download Anthropic/hh-rlhf --repo-type dataset" in err
+    assert not (tmp_path / "run" / "data").exists()
+
+
 needs_shared = pytest.mark.skipif(not HH_FILE.exists(),
                                   reason=f"shared data not found at {HH_FILE}")
 
@@ -202,6 +226,13 @@ def test_the_shared_hh_rlhf_file_imports(tmp_path):
         assert row["chosen"][len(p.text):].strip() == chosen_of(r)
         assert row["rejected"][len(p.text):].strip() == r.responses[r.ranking[1][0]].text
         assert p.text.endswith("\n\nAssistant:")
+    # Dialogues are turns ending with the human's; the few that are not stay one text.
+    with_turns = [p for p in prompts.values() if p.messages]
+    assert len(with_turns) > 0.99 * len(prompts)
+    assert sum(len(p.messages) >= 3 for p in with_turns) > 0.5 * len(with_turns)
+    for p in with_turns:
+        assert p.messages[-1]["role"] == "user"
+        assert p.messages[0]["content"] in p.text and p.messages[-1]["content"] in p.text
 
 
 def _rm_cfg(*extra: str):

@@ -137,7 +137,7 @@ def read_source(src: str, split: str = "train", data_dir: str | None = None
     """(name for error messages, rows) for a local file or, if `src` is not a path, a hub id
     (sources.py; offline, an uncached id is one error line saying how to fetch it)."""
     name, _, rows = open_rows(Source(kind="preferences", path=src, format="hh", split=split,
-                                     data_dir=data_dir, where="--in"))
+                                     data_dir=data_dir))
     return name, rows
 
 

@@ -262,16 +262,15 @@ def load_hub(source: Source):
     try:
         ds = datasets.load_dataset(source.path, **kwargs)
     except Exception as e:  # noqa: BLE001 - every failure here is about the user's input
-        if _network_error(e) or (_is_offline() and isinstance(e, (OSError, FileNotFoundError))):
-            why = ("offline (HF_HUB_OFFLINE is set)" if _is_offline()
-                   else "the hub cannot be reached")
-            raise InputError(f"hub dataset {source.path!r} is not in the local cache and {why}:"
-                             f" {FETCH_HINT.format(id=source.path)}", field=source.where
-                             + ".path") from None
+        if _network_error(e) or (_is_offline() and isinstance(e, OSError)):
+            why = ("offline (HF_HUB_OFFLINE is set)" if _is_offline() else
+                   "the hub cannot be reached (HF_HUB_OFFLINE=1 skips the retries)")
+            raise InputError(f"hub dataset {source.path!r} is not in the local cache and "
+                             f"{why}: {FETCH_HINT.format(id=source.path)}") from None
         first = (str(e).strip().splitlines() or [""])[0]
         raise InputError(f"cannot load hub dataset {source.path!r} (config {source.name}, "
                          f"split {source.split}, data_dir {source.data_dir}): "
-                         f"{type(e).__name__}: {first}", field=source.where + ".path") from None
+                         f"{type(e).__name__}: {first}") from None
     return ds
 
 
