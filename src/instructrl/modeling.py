@@ -152,13 +152,13 @@ def hub_snapshot(repo_id: str, *, trust_remote_code: bool = False) -> Path:
            f"{constants.HF_HUB_CACHE}) or give a local directory")
     if constants.HF_HUB_OFFLINE:
         raise InputError(f"hub model {repo_id!r} is not in the Hugging Face cache and "
-                         f"HF_HUB_OFFLINE is set: {how}", path=repo_id)
+                         f"HF_HUB_OFFLINE is set: {how}")
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:  # connection refused, unknown repo, gated, ...
         raise InputError(f"hub model {repo_id!r} could not be fetched "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:160]}): {how}",
-                         path=repo_id) from None
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:160]}): {how}"
+                         ) from None
 
 
 def gguf_cache_dir() -> Path:
@@ -246,7 +246,10 @@ def load_tokenizer(spec: str | os.PathLike, model_cfg=None):
     from instructrl import templates
 
     trust = bool(model_cfg and model_cfg.trust_remote_code)
-    path = resolve_model_path(spec, trust_remote_code=trust)
+    path = Path(str(spec))
+    if not (path.is_dir() and (path / "tokenizer_config.json").exists()):
+        # (a directory with a tokenizer and no model is a LoRA epoch: adapter + tokenizer)
+        path = resolve_model_path(spec, trust_remote_code=trust)
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust)
     if tok.eos_token is None:
         raise InputError("the tokenizer has no EOS token; responses could never end",
@@ -254,7 +257,7 @@ def load_tokenizer(spec: str | os.PathLike, model_cfg=None):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    if model_cfg is not None and hasattr(templates, 'configure_tokenizer'):  # TEMP until templates lands
+    if model_cfg is not None:
         templates.configure_tokenizer(tok, model_cfg)
     return tok
 
