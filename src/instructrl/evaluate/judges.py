@@ -6,6 +6,8 @@ Kinds (DESIGN.md section 6: evaluation is a set of judges over a run):
 - `simulated-labelers`: the sandbox's held-out labelers (sandbox runs only);
 - `program-checks`: the sandbox's checkers (correct, truthful, harmless, ...; sandbox only);
 - `heldout-rm`: a reward model trained on preference data the run's RM never saw;
+- `run-rm`: the run's own reward model (what PPO optimised): shown for reference, never a
+  judge of preference;
 - `classifier`: a toxicity classifier (alt-profanity-check, Detoxify, Perspective);
 - `automatic-metric`: BLEU / ROUGE against reference answers (TruthfulQA's automatic metrics);
 - `likelihood`: the policy's own log-probabilities (MC1/MC2, CrowS-Pairs, Winogender, LM loss);
@@ -14,7 +16,7 @@ Kinds (DESIGN.md section 6: evaluation is a set of judges over a run):
 
 from __future__ import annotations
 
-KINDS = ("people", "simulated-labelers", "program-checks", "heldout-rm", "classifier",
+KINDS = ("people", "simulated-labelers", "program-checks", "heldout-rm", "run-rm", "classifier",
          "automatic-metric", "likelihood", "lm-eval")
 
 

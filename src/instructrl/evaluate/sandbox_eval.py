@@ -1,28 +1,29 @@
-"""Evaluate policies in the sandbox the way the paper evaluated InstructGPT (section 4):
+"""The sandbox's own judges, for sandbox runs only (a run whose prompts are the sandbox world's):
 
-- win rate against the SFT baseline, judged by HELD-OUT labelers (never in training data) on
-  prompts of HELD-OUT users (the test split), ties counted as half, with a 95 % CI;
+- win rate against the baseline (SFT), judged by the sandbox's HELD-OUT simulated labelers
+  (never in training data) on prompts of HELD-OUT users (the test split), ties counted half,
+  with a 95 % CI, overall and per category (paper section 4.1);
 - Likert 1-7 and the metadata flags (fails to follow the instruction, hallucination,
-  inappropriate, ...) from those labelers;
+  inappropriate, ...) from those labelers (section 4.1, Fig. 4);
 - program checks: correct, follows the instruction and its constraints, truthful, repeats a
-  popular falsehood, harmless;
-- mean reward-model score of the samples;
-- the alignment tax: LM loss on held-out pretraining text, and accuracy on the corpus's own
-  "public NLP tasks" (few-shot QA and sentiment written as web text) never seen in training.
+  popular falsehood, harmless (the sandbox's stand-ins for sections 4.2's benchmarks);
+- the alignment tax in the sandbox: accuracy on the corpus's own "public NLP tasks" (few-shot
+  QA and sentiment written as web text) never seen in training, and the LM loss on held-out
+  corpus text (`lm_tax.lm_loss`).
+
+On any other run these judges know nothing of the prompts (their checks and preferences are
+the sandbox world's), so `is_sandbox_run` decides whether they may run at all.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from tqdm.auto import tqdm
 
-from instructrl.config import RunConfig
 from instructrl.data.records import Prompt
-from instructrl.evaluate.stats import mean_ci, rate
-from instructrl.generation import sample_texts, score_texts
-from instructrl.modeling import ScalarHeadModel, load_causal_lm, load_tokenizer
+from instructrl.evaluate.judges import judge
+from instructrl.evaluate.lm_tax import lm_loss  # noqa: F401  (the sandbox tax's LM loss)
+from instructrl.evaluate.preference import win_section
+from instructrl.evaluate.stats import figure, rate
 from instructrl.rollout import pad_left, sample
 from instructrl.rundir import RunDir
 from instructrl.stages.common import batches
@@ -37,16 +38,31 @@ def test_prompts(run: RunDir, n: int) -> list[Prompt]:
     return sorted(prompts, key=lambda p: p.id)[:n]
 
 
-@torch.no_grad()
-def lm_loss(model, tokenizer, texts: list[str], max_tokens: int = 128, batch_size: int = 32
-            ) -> float:
-    """Mean next-token loss on `texts` (held-out pretraining text: the LM part of the tax):
-    SFT's token-weighted evaluation loss with the whole text as the "response"."""
-    from instructrl.stages.sft import eval_loss
-    seqs = [([], tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens])
-            for t in texts]
-    return eval_loss(model, seqs, tokenizer.pad_token_id, batch_size,
-                     next(model.parameters()).device)
+def is_sandbox_run(cfg, run: RunDir) -> tuple[bool, str]:
+    """(True, "") when every test prompt of the run is a prompt of the sandbox world of
+    `cfg.sandbox` (same id, user, text and task spec), else (False, why). Its judges and checks
+    are only meaningful on the prompts its world wrote."""
+    from instructrl.sandbox.generate import Sandbox
+    from instructrl.sandbox.tasks import write_prompts
+
+    prompts = run.prompts("test")
+    if not prompts:
+        return False, "the run has no test-split prompts"
+    foreign = [p for p in prompts if "task" not in p.meta]
+    if foreign:
+        return False, (f"{len(foreign)} of its {len(prompts)} test prompts were not written by "
+                       f"the sandbox (e.g. {foreign[0].id!r}: {foreign[0].text[:50]!r})")
+    c = cfg.sandbox
+    world = {p.id: p for p in write_prompts(Sandbox(c).world, c.n_prompts, c.n_users,
+                                            seed=c.seed)}
+    differ = [p for p in prompts if p.id not in world or
+              (world[p.id].user_id, world[p.id].text, world[p.id].meta)
+              != (p.user_id, p.text, p.meta)]
+    if differ:
+        return False, (f"{len(differ)} test prompts are not those of the sandbox world of "
+                       f"sandbox.seed={c.seed} (e.g. {differ[0].id!r}); evaluate with the "
+                       f"run's own config.yaml")
+    return True, ""
 
 
 @torch.no_grad()
@@ -68,82 +84,51 @@ def public_task_accuracy(model, tokenizer, items, batch_size: int = 32) -> float
     return rate(hits)
 
 
-def evaluate(cfg: RunConfig, run: RunDir, policies: dict[str, str | Path], rm_dir: str | Path,
-             baseline: str = "sft", n_tax: int = 200) -> dict:
-    from instructrl.sandbox.corpus import heldout_text, public_tasks
-    from instructrl.sandbox.generate import Sandbox
+class SandboxJudges:
+    """The sandbox world's held-out labelers, checkers and tax items for one config."""
 
-    c = cfg.eval
-    sb = Sandbox(cfg.sandbox)
-    world = sb.world
-    prompts = test_prompts(run, c.n_prompts)
-    texts = [p.text for p in prompts]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rm = ScalarHeadModel.from_pretrained(rm_dir).to(device).eval()
-    tax_text = heldout_text(world, n_tax, seed=c.seed)
-    tax_items = public_tasks(world, n_tax, seed=c.seed)
-    samples: dict[str, list[str]] = {}
-    results: dict[str, dict] = {}
-    for name, path in tqdm(list(policies.items()), desc="eval", unit="policy"):
-        tok = load_tokenizer(path)
-        model = load_causal_lm(path).to(device)
-        samples[name] = sample_texts(model, tok, texts, max_prompt_tokens=c.max_prompt_tokens,
-                                     max_new_tokens=c.max_new_tokens,
-                                     temperature=c.temperature, seed=c.seed)
-        scores = score_texts(rm, tok, texts, samples[name], max_prompt_tokens=c.max_prompt_tokens,
-                             max_response_tokens=c.max_new_tokens)
-        checks = [sb.check(p, r) for p, r in zip(prompts, samples[name])]
+    def __init__(self, cfg, n_tax: int = 200):
+        from instructrl.sandbox.corpus import heldout_text, public_tasks
+        from instructrl.sandbox.generate import Sandbox
+
+        self.sb = Sandbox(cfg.sandbox)
+        self.tax_text = heldout_text(self.sb.world, n_tax, seed=cfg.eval.seed)
+        self.tax_items = public_tasks(self.sb.world, n_tax, seed=cfg.eval.seed)
+        ids = ", ".join(lab.id for lab in self.sb.heldout_labelers)
+        self.labelers = judge("sandbox-labelers", "simulated-labelers",
+                              f"the sandbox's held-out simulated labelers {ids}",
+                              labelers=[lab.id for lab in self.sb.heldout_labelers])
+        self.checks = judge("sandbox-checks", "program-checks",
+                            "the sandbox's program checks against its world's facts and the "
+                            "prompt's task spec")
+
+    def rate(self, name: str, prompts: list[Prompt], responses: list[str]) -> dict:
+        """Likert and flags by held-out labelers (salted by policy, as before)."""
         likert, flags = [], []
-        for p, r in zip(prompts, samples[name]):
-            _, lk, fl = sb.heldout_rate(p, r, salt=name)
+        for p, r in zip(prompts, responses):
+            _, lk, fl = self.sb.heldout_rate(p, r, salt=name)
             likert.append(lk)
             flags.append(fl)
-        results[name] = {
-            "path": str(path),
-            "rm_score": float(scores.mean()),
-            "likert": sum(likert) / len(likert),
-            "flags": {f: rate([f in fl for fl in flags])
-                      for f in sorted({f for fl in flags for f in fl})},
-            "checks": {k: rate([bool(getattr(ch, k)) for ch in checks]) for k in CHECKS},
-            "response_words": sum(ch.n_words for ch in checks) / len(checks),
-            "tax": {"heldout_lm_loss": lm_loss(model, tok, tax_text),
-                    "public_task_accuracy": public_task_accuracy(model, tok, tax_items)},
-        }
-        del model
-    # A second, independent SFT sample makes the baseline's own "win rate" an honest ~0.5.
-    base_tok = load_tokenizer(policies[baseline])
-    base_model = load_causal_lm(policies[baseline]).to(device)
-    base_again = sample_texts(base_model, base_tok, texts, max_prompt_tokens=c.max_prompt_tokens,
-                              max_new_tokens=c.max_new_tokens, temperature=c.temperature,
-                              seed=c.seed + 1)
-    for name in policies:
-        ours = samples[name]
-        theirs = samples[baseline] if name != baseline else base_again
-        outcomes = [sb.heldout_judge(p, a, b, salt=f"win:{name}").score
-                    for p, a, b in zip(prompts, ours, theirs)]
-        m, lo, hi = mean_ci(outcomes)
-        results[name]["win_rate"] = {"mean": m, "low": lo, "high": hi, "n": len(outcomes),
-                                     "wins": outcomes.count(1.0), "ties": outcomes.count(0.5),
-                                     "losses": outcomes.count(0.0)}
-    return {"n_prompts": len(prompts), "baseline": baseline,
-            "judges": [lab.id for lab in sb.heldout_labelers],
-            "policies": results,
-            "examples": [{"prompt": p.text, **{n: samples[n][i] for n in policies}}
-                         for i, p in enumerate(prompts[:12])]}
+        return {"likert": figure(likert),
+                "flags": {f: rate([f in fl for fl in flags])
+                          for f in sorted({f for fl in flags for f in fl})}}
 
+    def check(self, prompts: list[Prompt], responses: list[str]) -> dict:
+        checks = [self.sb.check(p, r) for p, r in zip(prompts, responses)]
+        return {"checks": {k: rate([bool(getattr(ch, k)) for ch in checks]) for k in CHECKS},
+                "response_words": sum(ch.n_words for ch in checks) / max(len(checks), 1)}
 
-def summary_table(results: dict) -> str:
-    """The terminal summary: one row per policy."""
-    head = (f"{'policy':<10} {'win vs SFT (95% CI)':<22} {'likert':>6} {'RM':>7} "
-            f"{'correct':>7} {'truthful':>8} {'harmless':>8} {'LM loss':>7} {'tasks':>6}")
-    lines = [head, "-" * len(head)]
-    for name, r in results["policies"].items():
-        w = r["win_rate"]
-        ci = f"{w['mean']:.2f} [{w['low']:.2f}, {w['high']:.2f}]"
-        lines.append(f"{name:<10} {ci:<22} {r['likert']:>6.2f} {r['rm_score']:>7.3f} "
-                     f"{r['checks']['correct']:>7.2f} {r['checks']['truthful']:>8.2f} "
-                     f"{r['checks']['harmless']:>8.2f} {r['tax']['heldout_lm_loss']:>7.3f} "
-                     f"{r['tax']['public_task_accuracy']:>6.2f}")
-    lines.append(f"({results['n_prompts']} held-out users' prompts; judges: held-out labelers "
-                 f"{', '.join(results['judges'])}; 'tasks' = public NLP task accuracy)")
-    return "\n".join(lines)
+    def tax(self, model, tokenizer) -> dict:
+        return {"heldout_lm_loss": lm_loss(model, tokenizer, self.tax_text),
+                "public_task_accuracy": public_task_accuracy(model, tokenizer, self.tax_items)}
+
+    def win(self, prompts: list[Prompt], samples: dict[str, list[str]], baseline: str,
+            again: list[str]) -> dict[str, dict]:
+        """Per policy: win section against the baseline's samples (its own: a second sample)."""
+        out = {}
+        for name, ours in samples.items():
+            theirs = samples[baseline] if name != baseline else again
+            outcomes = [self.sb.heldout_judge(p, a, b, salt=f"win:{name}").score
+                        for p, a, b in zip(prompts, ours, theirs)]
+            out[name] = win_section(prompts, outcomes)
+        return out
