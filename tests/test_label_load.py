@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import random
-import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,15 +16,16 @@ from typing import Iterator
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import func, select
 
 from instructrl.data.records import Ranking
 from instructrl.label import security, store
 from instructrl.label.app import create_app
-from instructrl.label.db import normalize_url, read, write
+from instructrl.label.db import read, write
 from instructrl.label.models import Label, Task, User
 from instructrl.label.server import serve_in_thread
-from instructrl.label.testing import LabelerClient, make_prompts, make_samples, random_ranking
+from instructrl.label.testing import (LabelerClient, make_prompts, make_samples, pg_schema,
+                                      random_ranking)
 
 N_LABELERS, PER_LABELER, K = 20, 5, 4
 PASSWORD = "load-test-pass"
@@ -42,17 +42,8 @@ def fresh_db(backend: str, tmp_path) -> Iterator[str]:
     if not PG_URL:
         pytest.skip("PostgreSQL load test: INSTRUCTRL_TEST_PG_URL is not set (`make test` runs "
                     "scripts/test-services.sh, which installs and starts a local PostgreSQL)")
-    schema = f"load_{os.getpid()}_{secrets.token_hex(4)}"
-    admin = create_engine(normalize_url(PG_URL))
-    with admin.begin() as c:
-        c.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    try:
-        url = normalize_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as c:
-            c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
+    with pg_schema(PG_URL, "load") as url:
+        yield url
 
 
 def seed(engine) -> None:
@@ -69,15 +60,18 @@ def seed(engine) -> None:
 
 
 def labeler(base: str, i: int, start: threading.Barrier, ready: threading.Barrier
-            ) -> tuple[dict[int, dict], float]:
+            ) -> tuple[dict[int, dict], float, float]:
     """Log in (all at once), then rank every task in the queue (all at once); the first task is
-    submitted twice at the same time. Returns {task id: form sent} and the finishing time."""
+    submitted twice at the same time. Returns {task id: form sent}, the finishing time and how
+    long the login took (login page, POST /login, the queue page)."""
     rng = random.Random(i)
     sent: dict[int, dict] = {}
     with httpx.Client(base_url=base, timeout=120) as http:
         lc = LabelerClient(http, f"lab{i:02d}")
         start.wait()
+        t0 = time.perf_counter()
         lc.login(PASSWORD)
+        login_s = time.perf_counter() - t0
         ready.wait()
         for _ in range(PER_LABELER + 1):
             nxt = lc.next_task()
@@ -96,7 +90,7 @@ def labeler(base: str, i: int, start: threading.Barrier, ready: threading.Barrie
             else:
                 assert lc.post(tid, "rank", form).status_code == 303
             sent[tid] = form
-    return sent, time.perf_counter()
+    return sent, time.perf_counter(), login_s
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -117,8 +111,9 @@ def run_load(backend: str, url: str) -> None:
             t0 = time.perf_counter()
             results = [f.result() for f in
                        [pool.submit(labeler, base, i, start, ready) for i in range(N_LABELERS)]]
-        label_s = max(t for _, t in results) - t_login[0]
-        sent = {tid: form for r, _ in results for tid, form in r.items()}
+        label_s = max(t for _, t, _ in results) - t_login[0]
+        logins = sorted(s for _, _, s in results)
+        sent = {tid: form for r, _, _ in results for tid, form in r.items()}
         assert len(sent) == N_LABELERS * PER_LABELER
 
         with read(engine) as s:
@@ -135,7 +130,12 @@ def run_load(backend: str, url: str) -> None:
             assert r.likert == [int(form[f"likert_{i}"][0]) for i in range(K)]
         exported = store.export_records(engine)["train"]["rankings"]
         assert len(exported) == N_LABELERS * PER_LABELER
-        print(f"\n{backend}: {N_LABELERS} concurrent logins (argon2id) {t_login[0] - t0:.1f} s; "
+        a = security.ARGON2
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"\n{backend} (load average {load} on {os.cpu_count()} cores): "
+              f"{N_LABELERS} concurrent logins (argon2id m={a['memory_cost'] >> 10} "
+              f"MiB t={a['time_cost']} p={a['parallelism']}) all done in {t_login[0] - t0:.2f} s; "
+              f"one login took median {logins[len(logins) // 2]:.2f} s, max {logins[-1]:.2f} s; "
               f"then {n_labels} rankings (+{N_LABELERS} racing double submits) in {label_s:.1f} s"
               f" = {n_labels / label_s:.0f} labels/s")
     finally:

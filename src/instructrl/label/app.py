@@ -119,7 +119,12 @@ def create_app(db: str = "sqlite:///labels.db", *, secure_cookies: bool = False,
         """The form as {name: [values]}, after the CSRF check. No files (400); the body is
         capped by the request guard."""
         check_origin(request)
-        form = await request.form(max_files=0, max_fields=500, max_part_size=FORM_BODY_LIMIT)
+        try:
+            form = await request.form(max_files=0, max_fields=500,
+                                      max_part_size=FORM_BODY_LIMIT)
+        except StarletteHTTPException as e:  # Starlette's multipart limits: 400
+            raise HTTPError(400, "This form takes no file uploads." if "files" in str(e.detail)
+                            else f"Malformed form data: {e.detail}") from None
         out: dict[str, list[str]] = {}
         for k, v in form.multi_items():
             out.setdefault(k, []).append(v)

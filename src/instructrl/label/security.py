@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import threading
 import time
@@ -37,13 +38,22 @@ _hasher = PasswordHasher(**ARGON2)
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
 
 
+# At most one argon2 computation per core at a time: 20 logins at once then finish one after
+# another (the first in ~35 ms) instead of all sharing the cores and all finishing at the end,
+# and memory stays at cores x 19 MiB however many requests arrive.
+_argon2_slots = threading.BoundedSemaphore(os.cpu_count() or 2)
+
+
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    with _argon2_slots:
+        return _hasher.hash(password)
 
 
 def verify_password(stored_hash: str | None, password: str) -> bool:
     try:
-        return _hasher.verify(stored_hash or _DUMMY_HASH, password) and stored_hash is not None
+        with _argon2_slots:
+            ok = _hasher.verify(stored_hash or _DUMMY_HASH, password)
+        return ok and stored_hash is not None
     except (VerificationError, InvalidHashError):
         return False
 

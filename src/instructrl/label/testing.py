@@ -4,10 +4,13 @@ Works with any httpx.Client, including FastAPI's TestClient."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
+import secrets
 from dataclasses import dataclass
+from typing import Iterator
 
 from instructrl.data.records import FLAGS, Prompt, Response
 from instructrl.label.samples import SampleSet
@@ -89,3 +92,26 @@ class LabelerClient:
 def _unescape(s: str) -> str:
     return (s.replace("&#34;", '"').replace("&quot;", '"').replace("&#39;", "'")
             .replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+
+
+@contextlib.contextmanager
+def pg_schema(pg_url: str, prefix: str = "t") -> Iterator[str]:
+    """The URL of a new, empty schema in the PostgreSQL database `pg_url`, dropped when the
+    block ends, so that concurrent test runs never meet."""
+    import os
+
+    from sqlalchemy import create_engine
+
+    from instructrl.label.db import normalize_url
+
+    schema = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+    admin = create_engine(normalize_url(pg_url))
+    with admin.begin() as c:
+        c.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        url = normalize_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as c:
+            c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
