@@ -100,6 +100,28 @@ def test_message_lists_through_csv_and_parquet_and_json_lines_named_json(tmp_pat
     assert [d.response for d in reads[0].demonstrations] == ["a0", "a1", "a2"]
 
 
+def test_directories_go_to_datasets(tmp_path):
+    """A folder of data files (as `hf download --local-dir` leaves it) and a `save_to_disk`
+    directory, both read offline through `datasets`."""
+    import datasets
+
+    folder = tmp_path / "downloaded" / "data"
+    folder.mkdir(parents=True)
+    write(folder / "train-00000-of-00001.parquet", ALPACA)
+    got = read_source(Source(kind="demonstrations", path=str(tmp_path / "downloaded")),
+                      progress=False)
+    assert got.format == "alpaca" and len(got.demonstrations) == 6
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(ALPACA[:2]),
+                          "test": datasets.Dataset.from_list(ALPACA[2:5])}
+                         ).save_to_disk(str(tmp_path / "saved"))
+    got = read_source(Source(kind="demonstrations", path=str(tmp_path / "saved"),
+                             split="test"), progress=False)
+    assert [d.response for d in got.demonstrations] == ["fish 2", "fish 3", "fish 4"]
+    with pytest.raises(InputError, match="no split 'valid' \\(splits: train, test\\)"):
+        read_source(Source(kind="demonstrations", path=str(tmp_path / "saved"),
+                           split="valid"), progress=False)
+
+
 def test_rows_are_numbered_as_the_file_has_them(tmp_path):
     jl = tmp_path / "d.jsonl"
     jl.write_text("\n" + json.dumps(ALPACA[0]) + "\n\n" + json.dumps(ALPACA[1]) + "\n")

@@ -10,9 +10,10 @@ A source is a mapping (SourcesConfig's docstring):
      data set's name)}
 
 FILE is ``.jsonl`` / ``.jsonl.gz``, ``.json`` (an array of objects, or JSON lines),
-``.csv`` / ``.tsv`` or ``.parquet``; a directory or anything else that is not a path is
-handed to ``datasets.load_dataset`` (a hub id, through the Hugging Face cache; offline, an id
-not in the cache is one error line saying how to fetch it). Errors name the file, the row
+``.csv`` / ``.tsv`` or ``.parquet``; a directory written by ``Dataset.save_to_disk`` is read
+with ``datasets.load_from_disk``; any other directory, and anything that is not a path, is
+handed to ``datasets.load_dataset`` (a folder of data files, or a hub id through the Hugging
+Face cache; offline, an id not in the cache is one error line saying how to fetch it). Errors name the file, the row
 (the line of a jsonl or csv file, the 1-based row of the others) and the field.
 
 What `import_sources` does:
@@ -85,8 +86,6 @@ class Source:
 
     @classmethod
     def from_entry(cls, kind: str, entry: Any, where: str) -> "Source":
-        if isinstance(entry, str):  # a bare path
-            entry = {"path": entry}
         if not isinstance(entry, dict):
             raise InputError(f"expected a mapping {{path: ..., format: ...}}, got "
                              f"{type(entry).__name__}", field=where)
@@ -256,6 +255,15 @@ def load_hub(source: Source):
     InputError line: offline with the id not cached says how to fetch it."""
     import datasets
 
+    local = Path(source.path).expanduser()
+    if (local / "state.json").is_file() or (local / "dataset_dict.json").is_file():
+        ds = datasets.load_from_disk(str(local))  # a `save_to_disk` directory
+        if isinstance(ds, datasets.DatasetDict):
+            if source.split not in ds:
+                raise InputError(f"no split {source.split!r} (splits: {', '.join(ds)})",
+                                 path=str(local))
+            ds = ds[source.split]
+        return ds
     kwargs: dict[str, Any] = {"data_dir": source.data_dir, "split": source.split}
     if source.name is not None:
         kwargs["name"] = source.name
