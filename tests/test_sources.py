@@ -129,6 +129,13 @@ def test_rows_are_numbered_as_the_file_has_them(tmp_path):
     cv = tmp_path / "d.csv"
     cv.write_text('instruction,output\n"two\nlines",x\nb,y\n')
     assert [n for n, _ in open_rows(Source(kind="demonstrations", path=str(cv)))[2]] == [3, 4]
+    cv.write_text('instruction,output\na,x\nb,y,z\n')
+    with pytest.raises(InputError, match=r"d.csv:3: 1 more cells than the header's 2"):
+        list(open_rows(Source(kind="demonstrations", path=str(cv)))[2])
+    js = tmp_path / "one.json"
+    js.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}))
+    assert [r for _, r in open_rows(Source(kind="prompts", path=str(js)))[2]] == [
+        {"messages": [{"role": "user", "content": "hi"}]}]
 
 
 def test_import_writes_every_file_and_the_stages_read_them(tmp_path):

@@ -168,8 +168,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def _read_json(path: Path) -> Iterator[tuple[int, dict]]:
-    """An array of objects (Alpaca's alpaca_data.json), {"key": [objects]}, or, as many
-    .json files are, JSON lines."""
+    """An array of objects (Alpaca's alpaca_data.json) or, as many .json files are, JSON
+    lines (one object is one row)."""
     with _open_text(path) as f:
         text = f.read()
     try:
@@ -181,11 +181,7 @@ def _read_json(path: Path) -> Iterator[tuple[int, dict]]:
         raise InputError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})",
                          path=str(path)) from None
     if isinstance(data, dict):
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise InputError("expected an array of objects (or an object holding one)",
-                             path=str(path))
-        data = lists[0]
+        data = [data]
     if not isinstance(data, list):
         raise InputError("expected an array of objects", path=str(path))
     for i, obj in enumerate(data, 1):
@@ -200,7 +196,11 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict]]:
         reader = csv.DictReader(f, delimiter=delimiter)
         for row in reader:
             # line_num is the file line where the row ends (a quoted cell may span lines)
-            yield reader.line_num, {k: v for k, v in row.items() if k is not None}
+            if None in row:  # DictReader's key for cells past the header's
+                raise InputError(f"{len(row[None])} more cells than the header's "
+                                 f"{len(reader.fieldnames)}", path=str(path),
+                                 line=reader.line_num)
+            yield reader.line_num, row
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[int, dict]]:
