@@ -162,3 +162,29 @@ def test_ranking_that_contradicts_likert_needs_confirmation():
     assert forms.contradictions([[1], [0]], [4, 4]) == []
     ok = {"likert_0": ["7"], "likert_1": ["1"], "likert_2": ["4"], "ranking": ["[[0],[2],[1]]"]}
     assert forms.parse_ranking(ok, 3)["ranking"] == [[0], [2], [1]]
+
+
+def test_import_lines_that_a_database_cannot_hold_are_input_errors(tmp_path):
+    # Before: a deeply nested line was a RecursionError (HTTP 500, a CLI traceback), and NUL
+    # characters or lone surrogates reached the database driver (500 on PostgreSQL).
+    from instructrl.label.samples import file_rows
+    cases = [
+        ('{"a": ' + "[" * 50_000 + "]" * 50_000 + "}", r"f\.jsonl:2: not valid JSON"),
+        ('{"id": "x\\u0000y"}', r"f\.jsonl:2: field 'id': contains a NUL"),
+        ('{"x\\u0000": 1}', r"f\.jsonl:2: field 'x\x00': contains a NUL"),
+        ('{"meta": {"k": ["ok", "a\\udc00"]}}', r"f\.jsonl:2: field 'meta\.k\[1\]': .*surrogate"),
+        ('{"meta": ' + "[" * 101 + "]" * 101 + "}", r"f\.jsonl:2: field 'meta.*nested deeper"),
+    ]
+    for line, msg in cases:
+        path = tmp_path / "f.jsonl"
+        path.write_text('{"ok": 1}\n' + line + "\n")
+        with pytest.raises(InputError, match=msg):
+            file_rows(path)
+        with pytest.raises(InputError, match=msg):
+            text_rows(path.read_text(), str(path).replace(str(tmp_path) + "/", ""))
+    (tmp_path / "f.jsonl").write_bytes(b'{"ok": 1}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(InputError, match=r"f\.jsonl: not UTF-8 text"):
+        file_rows(tmp_path / "f.jsonl")
+    # a line ends at "\n" only; U+2028 and friends are characters inside a string
+    (tmp_path / "f.jsonl").write_text('{"text": "a\u2028b\x85c\u2029d"}\r\n\n', encoding="utf-8")
+    assert file_rows(tmp_path / "f.jsonl") == [(1, {"text": "a\u2028b\x85c\u2029d"})]

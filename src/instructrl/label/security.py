@@ -220,6 +220,10 @@ class RequestGuard:
 
     async def _page(self, scope, receive, send, status: int, message: str) -> None:
         response = await self.render(scope, status, message)
+        if status in (400, 413):
+            # The rest of the body is unread: close the connection rather than let the server
+            # read and discard it (a client could otherwise stream on for ever).
+            response.headers["connection"] = "close"
         await response(scope, receive, send)
 
 
