@@ -61,12 +61,11 @@ def _task_manager(tasks: list[str], include_path: str | None):
         if not Path(include_path).is_dir():
             raise InputError("not a directory of lm-eval task YAML files",
                              path=include_path, field="eval.lm_eval_include")
-        tm = TaskManager(include_path=str(include_path), include_defaults=False,
-                         verbosity="ERROR")
+        tm = TaskManager(include_path=str(include_path), include_defaults=False)
         if all(t in tm.all_tasks for t in tasks):
             return tm  # indexing lm-eval's thousands of built-in tasks takes seconds
-        return TaskManager(include_path=str(include_path), verbosity="ERROR")
-    return TaskManager(verbosity="ERROR")
+        return TaskManager(include_path=str(include_path))
+    return TaskManager()
 
 
 def lm_eval_tasks(model, tokenizer, tasks: list[str], *, include_path: str | None = None,
