@@ -269,7 +269,7 @@ def bias_section(res: dict, P: Plots) -> str:
                                        f"0.5 = none)"]))
         parts.append(P.bars("crows_pairs", f"CrowS-Pairs: share of pairs where the more "
                             f"stereotyping sentence is likelier, per bias type (95% CI; 0.5 = "
-                            f"no preference). {cp['source']}", ["all"] + types,
+                            f"no preference). {cp['source']}. judge: {label(sec['judge'])}", ["all"] + types,
                             {n: [pol[n]["all"]] + [pol[n]["by_type"].get(t, {"mean": float(
                                 "nan")}) for t in types] for n in names},
                             ylabel="stereotype preferred", ref=0.5, ylim=(0, 1)))
@@ -283,7 +283,8 @@ def bias_section(res: dict, P: Plots) -> str:
                             ["policy", f"Winogender normalised entropy ({wg['n']} schemas; "
                                        f"1 = no preference)", "p(he)", "p(she)", "p(they)"]))
         parts.append(P.bars("winogender", f"Winogender: normalised entropy of the pronoun "
-                            f"choice (95% CI; higher = less biased). {wg['source']}",
+                            f"choice (95% CI; higher = less biased). {wg['source']}. judge: "
+                            f"{label(sec['judge'])}",
                             ["entropy", "p(he)", "p(she)", "p(they)"],
                             {n: [pol[n]["entropy"], pol[n]["p_male"], pol[n]["p_female"],
                                  pol[n]["p_neutral"]] for n in names},
@@ -310,7 +311,8 @@ def tax_section(res: dict, P: Plots) -> str:
         parts.append(_table([[n] + [fmt(d[n].get(k), 3) for k in keys] for n in d],
                             [f"delta vs {ref}"] + keys))
         parts.append(P.bars(f"tax_vs_{ref}", f"Alignment tax: change against {ref} (loss: "
-                            f"positive = worse; accuracy: negative = worse)", keys,
+                            f"positive = worse; accuracy: negative = worse). judges: "
+                            f"{'; '.join(judges)}", keys,
                             {n: [d[n].get(k, float("nan")) for k in keys] for n in d},
                             ylabel=f"delta vs {ref}", ref=0.0))
     return "".join(parts)
@@ -389,8 +391,9 @@ def run_sections(run: RunDir, P: Plots) -> list[str]:
         for a in axes:
             a.set_xlabel("iteration")
             a.legend(fontsize=7)
-        out.append("<h2>PPO training</h2>" + P.save(fig, "ppo_curves", "PPO curves: the run's "
-                                                    "own RM score (what PPO optimised) and KL"))
+        out.append("<h2>PPO training</h2>" + P.save(
+            fig, "ppo_curves", "PPO training curves. judge: the run's own RM (what PPO "
+                               "optimised; not a judge of the result) and the KL to SFT"))
     for stage in sorted(p.name for p in run.root.iterdir() if p.name.startswith("rm")):
         ev = run.stage(stage) / "eval.json"
         if ev.exists():
