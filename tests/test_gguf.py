@@ -219,9 +219,6 @@ def test_a_file_that_is_not_a_gguf_model_is_an_input_error(tiny_gguf, cache, tmp
     assert not list(cache.glob("*/config.json"))  # nothing half-converted is kept
 
 
-@pytest.mark.xfail(strict=True, reason="modeling.gguf_to_pretrained saves tensors the GGUF "
-                   "lacks as random weights (load with output_loading_info=True and refuse "
-                   "missing_keys); remove this mark with that fix")
 def test_a_gguf_missing_a_tensor_is_refused_not_filled_randomly(tiny_model_dir, cache, tmp_path,
                                                                 monkeypatch):
     import gguf_tiny

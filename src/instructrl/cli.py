@@ -15,8 +15,8 @@ from instructrl.errors import InputError
 
 # name -> (module, one-line help). Only commands that exist are listed.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("instructrl.data.cli", "prepare prompt sets (dedupe, cap, split by user); "
-                                    "import pairwise data (HH-RLHF)"),
+    "data": ("instructrl.data.cli", "prepare prompt sets (dedupe, cap, split by user); import "
+                                    "your own data (files or hub data sets), pairwise data"),
     "sandbox": ("instructrl.sandbox.cli", "generate the offline sandbox world's data"),
     "pretrain": ("instructrl.stages.pretrain", "train the sandbox tokenizer and base model"),
     "sft": ("instructrl.stages.sft", "supervised fine-tuning on demonstrations; select epoch"),

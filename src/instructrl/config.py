@@ -404,7 +404,9 @@ class SourcesConfig:
     {path: a local file (jsonl, json, csv, parquet) or a hub dataset id, format: auto |
     messages | alpaca | dolly | self-instruct | pairs | hh | rankings | prompts | text,
     name: hub config, split: hub split, data_dir: hub sub-directory, limit: N,
-    columns: {field: column} for anything else}. Empty everywhere: the sandbox provides the
+    columns: {field: column} for anything else (null ignores a column),
+    category: default category of its prompts, labeler: labeler id of its demonstrations and
+    rankings (default 'hh' for HH data, else the file's or data set's name)}. Empty everywhere: the sandbox provides the
     data."""
 
     prompts: tuple[dict, ...] = ()

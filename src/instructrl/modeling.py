@@ -186,13 +186,20 @@ def gguf_to_pretrained(gguf: Path) -> Path:
           flush=True)
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        lm = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                  dtype=torch.float32)
+        lm, info = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+            output_loading_info=True)
     except ImportError as e:
         raise InputError(f"loading GGUF needs the gguf package (`pip install gguf`): {e}",
                          path=str(gguf)) from None
     except (ValueError, KeyError, RuntimeError) as e:
         raise InputError(f"not a GGUF model transformers can load: {e}", path=str(gguf)) from None
+    # transformers leaves a weight it cannot find randomly initialised, with only a printed
+    # report: such a model must not be cached as the user's model.
+    if info["missing_keys"] or info["mismatched_keys"]:
+        bad = sorted(info["missing_keys"]) + sorted(str(k) for k in info["mismatched_keys"])
+        raise InputError(f"the GGUF file lacks or mis-sizes weights of its architecture "
+                         f"({len(bad)}: {', '.join(bad[:4])}); not converted", path=str(gguf))
     config = lm.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -264,14 +264,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train (default), or select the epoch by reward-model score")
     add_common(p)
     p.add_argument("--init", default=None,
-                   help="model to fine-tune (default: RUN/base, else the shipped sandbox base)")
+                   help="model to fine-tune: a directory, a .gguf file, pkg:MODULE/FILE, a hub "
+                        "id or 'sandbox' (default: RUN/base, else pipeline.base_model)")
     p.add_argument("--rm", default=None, help="reward model dir for `select`")
 
 
-def default_init(run: RunDir) -> Path:
-    from instructrl.modeling import sandbox_base_model_path
-    return run.stage("base") if (run.stage("base") / "config.json").exists() \
-        else sandbox_base_model_path()
+def default_init(cfg: RunConfig, run: RunDir) -> Path | str:
+    """RUN/base when the run pretrained one, else the recipe's `pipeline.base_model`."""
+    if (run.stage("base") / "config.json").exists():
+        return run.stage("base")
+    return cfg.pipeline.base_model
 
 
 def run(args: argparse.Namespace) -> int:
@@ -281,6 +283,6 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "select":
         select(cfg, rd, args.rm)
     else:
-        train(cfg, rd, args.init or default_init(rd))
+        train(cfg, rd, args.init or default_init(cfg, rd))
     print(f"sft {args.action}: {time.time() - t0:.1f}s")
     return 0
