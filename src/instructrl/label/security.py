@@ -104,12 +104,16 @@ class LoginLimiter:
         t = time.monotonic()
         wait = 0.0
         with self._lock:
+            if len(self._fails) > 10_000:  # many names or addresses: drop the expired ones
+                for key in [k for k, q in self._fails.items()
+                            if not q or t - q[-1] > self.window_s]:
+                    del self._fails[key]
             keys = self._keys(name, client)
             for key, limit in keys:
-                q = self._fails[key]
+                q = self._fails.get(key)
                 while q and t - q[0] > self.window_s:
                     q.popleft()
-                if len(q) >= limit:
+                if q and len(q) >= limit:
                     wait = max(wait, self.window_s - (t - q[0]))
             if wait > 0:
                 return wait, None
@@ -215,7 +219,8 @@ class RequestGuard:
         except Exception:
             if not started:
                 await self._page(scope, receive, guarded_send, 500,
-                                 "Something went wrong on the server. Reload the page to see what was saved.")
+                                 "Something went wrong on the server. Reload the page to "
+                                 "see what was saved.")
             raise
 
     async def _page(self, scope, receive, send, status: int, message: str) -> None:

@@ -1,4 +1,5 @@
-"""The labeling store: import, users, assignment, submissions, progress, agreement, export.
+"""The labeling store: import, users (create, deactivate, passwords, sessions), assignment,
+submissions, progress, agreement, the label browser, export.
 
 Every function that writes does it in one transaction (`db.write`): an error anywhere leaves
 the database as it was. Submissions are idempotent: the unique (task, record kind) constraint
