@@ -208,6 +208,14 @@ def test_hh_dialogues_become_turns_and_keep_import_pairs_ids():
     assert one.messages == [{"role": "user", "content": "hi?"}] and one.text == f"{H} hi?{A}"
 
 
+def test_pairs_as_demonstrations_give_the_chosen_reply_and_no_ranking():
+    out = m("hh", {"chosen": f"{H} hi?{A} yes", "rejected": f"{H} hi?{A} no"}, DEMO)
+    assert [d.response for d in out.demonstrations] == ["yes"] and not out.rankings
+    assert out.demonstrations[0].prompt_id == out.prompts[0].id == hh_prompt_id(f"{H} hi?{A}")
+    out = m("pairs", {"prompt": "zorp?", "chosen": "fish", "rejected": "rocks"}, DEMO)
+    assert [d.response for d in out.demonstrations] == ["fish"] and not out.rankings
+
+
 def test_hh_turns_join_a_speakers_consecutive_turns_and_refuse_what_is_not_a_dialogue():
     assert hh_turns(f"{H} a{H} b{A} c{H} d{A}") == [
         {"role": "user", "content": "a\n\nb"}, {"role": "assistant", "content": "c"},

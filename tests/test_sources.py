@@ -266,7 +266,7 @@ def test_errors_name_the_users_column_and_a_mapped_column_must_exist(tmp_path):
 
 
 @pytest.mark.parametrize("entry, field", [
-    ({"path": "x.jsonl", "format": "hh"}, "sources.demonstrations[0].format"),
+    ({"path": "x.jsonl", "format": "text"}, "sources.demonstrations[0].format"),
     ({"path": "x.jsonl", "limit": 0}, "sources.demonstrations[0].limit"),
     ({"path": "x.jsonl", "colums": {}}, "sources.demonstrations[0].colums"),
     ({"path": "x.jsonl", "category": "poems"}, "sources.demonstrations[0].category"),

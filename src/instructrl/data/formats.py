@@ -59,7 +59,9 @@ KINDS = ("prompts", "demonstrations", "preferences", "ptx")
 KIND_FORMATS = {
     "prompts": ("rankings", "pairs", "hh", "messages", "self-instruct", "dolly", "alpaca",
                 "prompts"),
-    "demonstrations": ("messages", "self-instruct", "dolly", "alpaca", "prompts"),
+    # Preference pairs as demonstrations: the chosen reply is one (a preferred sample, not a
+    # written ideal; e.g. HH-RLHF's chosen responses for SFT, as in the real-model recipe).
+    "demonstrations": ("messages", "self-instruct", "dolly", "alpaca", "prompts", "pairs", "hh"),
     "preferences": ("rankings", "pairs", "hh"),
     "ptx": ("text",),
 }
@@ -332,6 +334,8 @@ def pair_ranking(prompt_id: str, chosen: str, rejected: str, labeler: str, polic
 def _ranking_out(prompt: Prompt, chosen: str, rejected: str, row: dict, src: SourceInfo,
                  index: int) -> Mapped:
     out = Mapped(prompts=[prompt])
+    if src.kind == "demonstrations":
+        return _demonstration(Mapped(), prompt, chosen, row, src, "chosen")
     if src.kind != "preferences":
         return out
     if chosen == rejected:
