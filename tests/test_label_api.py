@@ -858,6 +858,13 @@ def test_bad_input_is_a_clear_4xx_and_changes_nothing(any_db_app):
     r = a.post("/admin/users/al%00ice/deactivate", data={"csrf_token": csrf})
     assert r.status_code == 422
     assert snapshot(app) == before and store.counts(eng) == counts
+    # the label browser and the account actions run on this database too
+    rank_task = task_of(app, "alice", "rank")
+    assert lc.post(rank_task.id, "rank", {**good_rank_form(3), "ranking": ["[[2],[0],[1]]"],
+                                          "likert_1": ["3"]}).status_code == 303
+    r = a.get("/admin/labels", params={"labeler": "alice", "task": str(rank_task.id)})
+    assert r.status_code == 200 and "1 label<" in r.text
+    assert store.set_active(eng, "alice", False) == 1 and store.set_active(eng, "alice", True) == 0
     # a prompt whose text holds U+2028 is one line, not two
     line = json.dumps({"id": "ls", "user_id": "u", "text": "a\u2028b"}, ensure_ascii=False)
     r = a.post("/admin/import", data={"csrf_token": csrf},

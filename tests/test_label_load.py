@@ -27,6 +27,8 @@ from instructrl.label.server import serve_in_thread
 from instructrl.label.testing import (LabelerClient, make_prompts, make_samples, pg_schema,
                                       random_ranking)
 
+# 20 logins at once from one address is also the most the login limit lets run at once
+# (security.LoginLimiter counts attempts in progress).
 N_LABELERS, PER_LABELER, K = 20, 5, 4
 PASSWORD = "load-test-pass"
 PG_URL = os.environ.get("INSTRUCTRL_TEST_PG_URL")
