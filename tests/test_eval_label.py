@@ -117,3 +117,9 @@ def test_to_label_and_from_label_round_trip(real_run, tmp_path, capsys):  # noqa
     assert any(j["id"] == "people" for j in res["judges"]["ran"])
     page = (real_run / "eval" / "report.html").read_text()
     assert "win_rate_people" in page and "held-out labelers of the labeling app" in page
+    # A later `instructrl eval` (other judges) keeps the people's figures beside its own.
+    assert cli_main(args + ["--set", "eval.judges=[bias]"]) == 0
+    res = json.loads((real_run / "eval" / "results.json").read_text())
+    assert res["preference"]["people"]["policies"]["ppo-ptx"]["win_rate"]["mean"] == 1.0
+    assert {j["id"] for j in res["judges"]["ran"]} == {"people", "bias-likelihood"}
+    assert not any(s["id"] == "preference" for s in res["judges"]["skipped"])

@@ -78,8 +78,10 @@ class Plots:
         fig.savefig(buf, format="png", dpi=90)
         self.plt.close(fig)
         data = buf.getvalue()
-        if self.out is not None:
-            (self.out / f"{name}.png").write_bytes(data)
+        if self.out is not None:  # a copy beside the page, written atomically like it
+            tmp = self.out / f".{name}.png.tmp"
+            tmp.write_bytes(data)
+            tmp.replace(self.out / f"{name}.png")
         self.made.append(name)
         b64 = base64.b64encode(data).decode()
         return (f"<figure class='plot' data-plot='{html.escape(name)}'>"
@@ -513,13 +515,10 @@ def compare_page(a: Path, b: Path, out: Path) -> Path:
     plots in two columns (figures of different judges stay in their own plots)."""
     ra = json.loads((a / "eval" / "results.json").read_text())
     rb = json.loads((b / "eval" / "results.json").read_text())
-    P = Plots(None)
     cols = []
     for root, res in ((a, ra), (b, rb)):
-        P_run = Plots(None)
-        secs = result_sections(res, P_run)
+        secs = result_sections(res, Plots(None))
         cols.append(f"<div><h2>{html.escape(str(root))}</h2>" + "".join(secs) + "</div>")
-    del P
     body = ["<p>Each column is one run's evaluation; compare figures only where the judge "
             "(in brackets) is the same.</p>", "<div class='cols'>" + "".join(cols) + "</div>"]
     atomic_write_text(out, page(f"instructrl: {a.name} vs {b.name}", body))

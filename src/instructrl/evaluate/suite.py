@@ -181,6 +181,9 @@ def evaluate_run(cfg: RunConfig, run: RunDir, timings: str = "") -> tuple[dict, 
         people = prev.get("preference", {}).get("people")
         if people is not None:
             results.setdefault("preference", {})["people"] = people
+            results["judges"]["ran"].append(people["judge"])
+            results["judges"]["skipped"] = [s for s in results["judges"]["skipped"]
+                                            if s["id"] != "preference"]
     report = write_report(run, results, timings)
     return results, f"{summary_text(results)}\nreport: {report}"
 
@@ -235,7 +238,8 @@ def evaluate(cfg: RunConfig, run: RunDir) -> dict:
                 samples[again] = sample_texts(model, tok, texts,
                                               max_prompt_tokens=c.max_prompt_tokens,
                                               max_new_tokens=c.max_new_tokens,
-                                              temperature=c.temperature, seed=c.seed + 1)
+                                              temperature=c.temperature, seed=c.seed + 1,
+                                              desc=f"{name} second samples")
         if sj is not None:
             r["sandbox_rate"] = sj.rate(name, prompts, samples[name])
             r["sandbox_check"] = sj.check(prompts, samples[name])
