@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from instructrl.data.jsonl import read_records, write_records
-from instructrl.data.records import Demonstration, Labeler, Prompt, Ranking, Response
+from instructrl.data.records import SPLITS, Demonstration, Labeler, Prompt, Ranking, Response
 from instructrl.errors import InputError
 from instructrl.label import forms, security
 from instructrl.label.agreement import agreement
@@ -295,7 +295,6 @@ def import_files(engine: Engine, prompts: str | os.PathLike | None = None,
 
 # ---------------------------------------------------------------- assignment
 
-SPLITS = ("train", "valid", "test")
 POOLS = ("train", "heldout", "all")
 
 
