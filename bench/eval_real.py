@@ -96,7 +96,7 @@ def human_turn(dialogue: str) -> str:
 
 
 # Slices of the 2,312 HH pairs: disjoint by construction.
-RUN_PAIRS, HELD_PAIRS, PTX, TEST_PROMPTS = (0, 48), (1000, 1048), (1500, 1700), (2000, 2312)
+RUN_PAIRS, HELD_PAIRS, PTX, TEST_PROMPTS = (0, 32), (1000, 1032), (1500, 1700), (2000, 2312)
 
 RECIPE = """\
 pipeline: {{base_model: "{base}", rounds: 0}}
@@ -105,12 +105,13 @@ sources:
   ptx: [{{path: "{ptx}", format: text}}]
   valid_fraction: 0.1
   test_fraction: 0.1
-sft: {{epochs: 1, lr: 1.0e-5, batch_size: 8, select_prompts: 8, max_prompt_tokens: 128,
-      max_response_tokens: 64}}
-rm: {{lr: 1.0e-5, batch_size: 8, max_prompt_tokens: 128, max_response_tokens: 64}}
-ppo: {{episodes: 16, batch_size: 16, mini_batch_size: 8, micro_batch_size: 8, lr: 1.0e-6,
-      max_prompt_tokens: 128, max_new_tokens: 32, ptx_coef: 1.0, ptx_per_episode: 1,
-      ptx_max_tokens: 64, warmup_iters: 1, sample_every: 1, checkpoint_every: 1}}
+# dropout 0: a small model pretrained without it (App. C.1's 0.2 was GPT-3's SFT setting)
+sft: {{epochs: 1, lr: 1.0e-5, batch_size: 8, dropout: 0.0, select_prompts: 4,
+      max_prompt_tokens: 96, max_response_tokens: 48}}
+rm: {{lr: 1.0e-5, batch_size: 8, max_prompt_tokens: 96, max_response_tokens: 48}}
+ppo: {{episodes: 8, batch_size: 8, mini_batch_size: 8, micro_batch_size: 8, lr: 1.0e-6,
+      max_prompt_tokens: 96, max_new_tokens: 32, ptx_coef: 1.0, ptx_per_episode: 1,
+      ptx_max_tokens: 48, warmup_iters: 1, sample_every: 1, checkpoint_every: 1}}
 collect: {{policies: [sft]}}
 eval: {{n_prompts: {n_prompts}, max_prompt_tokens: 128, max_new_tokens: 48}}
 """
@@ -162,8 +163,8 @@ def heldout_rm(work: Path, base: str) -> Path:
     recipe = work / "heldout.yaml"
     recipe.write_text(f'sources: {{preferences: [{{path: "{pairs}", format: hh}}], '
                       f'valid_fraction: 0.1, test_fraction: 0.0}}\n'
-                      f'rm: {{lr: 1.0e-5, batch_size: 8, max_prompt_tokens: 128, '
-                      f'max_response_tokens: 64}}\n')
+                      f'rm: {{lr: 1.0e-5, batch_size: 8, max_prompt_tokens: 96, '
+                      f'max_response_tokens: 48}}\n')
     log = work / "heldout.log"
     sh([sys.executable, "-m", "instructrl.cli", "data", "import", "--out", str(d),
         "--recipe", str(recipe)], log)

@@ -18,7 +18,6 @@ way the run's policies are used.
 from __future__ import annotations
 
 import inspect
-import os
 from typing import Sequence
 
 import torch
@@ -241,7 +240,3 @@ def prompt_ids(tokenizer, texts: Sequence[str], max_prompt_tokens: int) -> list[
     """Token ids of each text in the run's prompt format (`templates.encode_prompt`)."""
     from instructrl.templates import encode_prompt
     return [encode_prompt(tokenizer, t, max_prompt_tokens) for t in texts]
-
-
-def threads_note() -> str:
-    return f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"

@@ -192,7 +192,7 @@ def evaluate(cfg: RunConfig, run: RunDir) -> dict:
     import torch
 
     from instructrl.evaluate import bias as bias_mod
-    from instructrl.evaluate import lm_tax, preference, sandbox_eval, toxicity, truthfulqa
+    from instructrl.evaluate import lm_tax, sandbox_eval, toxicity, truthfulqa
     from instructrl.generation import sample_texts
     from instructrl.modeling import default_device, load_causal_lm, load_tokenizer
 
