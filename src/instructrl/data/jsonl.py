@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from instructrl.errors import InputError
 
@@ -30,26 +30,34 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
+def parse_lines(lines: Iterable[str], source: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; a line that is not a JSON object is an
-    InputError naming the file and line."""
+    InputError naming `source` and the line. The one JSON-lines parser of the project (run
+    files, users' data files, the labeling app's imports)."""
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"not valid JSON ({e.msg} at column {e.colno})",
+                             path=source, line=lineno) from None
+        except RecursionError:
+            raise InputError("not valid JSON (nested too deeply)", path=source,
+                             line=lineno) from None
+        if not isinstance(obj, dict):
+            raise InputError("a line must be a JSON object", path=source, line=lineno)
+        yield lineno, obj
+
+
+def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a file (`parse_lines`); a missing
+    file is an InputError naming it."""
     path = Path(path)
     if not path.exists():
         raise InputError("file not found", path=str(path))
-    rows = []
     with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"not valid JSON ({e.msg} at column {e.colno})",
-                                 path=str(path), line=lineno) from None
-            if not isinstance(obj, dict):
-                raise InputError("a line must be a JSON object", path=str(path), line=lineno)
-            rows.append((lineno, obj))
-    return rows
+        return list(parse_lines(f, str(path)))
 
 
 def read_records(path: str | os.PathLike, parse: Callable[[dict], T]) -> list[T]:

@@ -55,7 +55,7 @@ from typing import Any, Iterator
 
 from instructrl.data import formats
 from instructrl.data.formats import KIND_FORMATS, KINDS, SourceInfo
-from instructrl.data.jsonl import write_record_files
+from instructrl.data.jsonl import parse_lines, write_record_files
 from instructrl.data.prompts import split_keys
 from instructrl.data.records import CATEGORIES, Demonstration, Prompt, Ranking
 from instructrl.errors import InputError
@@ -154,17 +154,7 @@ def _open_text(path: Path):
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"not valid JSON ({e.msg} at column {e.colno})",
-                                 path=str(path), line=lineno) from None
-            if not isinstance(obj, dict):
-                raise InputError("a line must be a JSON object", path=str(path), line=lineno)
-            yield lineno, obj
+        yield from parse_lines(f, str(path))
 
 
 def _read_json(path: Path) -> Iterator[tuple[int, dict]]:

@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from instructrl.data.jsonl import parse_lines
 from instructrl.data.records import Response
 from instructrl.errors import InputError
 
@@ -99,22 +100,11 @@ def _check_values(obj) -> None:
 
 
 def text_rows(text: str, source: str) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a file's text. Lines end at "\n"
-    only: a JSON string may hold U+2028 and other characters that str.splitlines() splits at."""
+    """(line number, object) for each non-blank line of a file's text, its values checked.
+    Lines end at "\n" only: a JSON string may hold U+2028 and other characters that
+    str.splitlines() splits at."""
     rows = []
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"not valid JSON ({e.msg} at column {e.colno})", path=source,
-                             line=lineno) from None
-        except RecursionError:
-            raise InputError("not valid JSON (nested too deeply)", path=source,
-                             line=lineno) from None
-        if not isinstance(obj, dict):
-            raise InputError("a line must be a JSON object", path=source, line=lineno)
+    for lineno, obj in parse_lines(text.split("\n"), source):
         try:
             _check_values(obj)
         except InputError as e:
