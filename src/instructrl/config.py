@@ -254,8 +254,33 @@ class PPOConfig:
     """Write a table of decoded samples every N iterations."""
     checkpoint_every: int = 5
     seed: int = 0
+    # -- speed switches (issue 18). Each is exact or agrees to float rounding (tests).
+    logprobs_from_sampler: bool = True
+    """Take the old policy's log-probs from the sampler (the distribution each token was drawn
+    from) instead of a second forward pass over the rollout. Valid because sampling and
+    training see the same weights, temperature and no dropout (every dropout is off in RL);
+    they differ from a forward's only by float rounding of the KV-cached decode. False: the
+    extra forward, as before."""
+    score_batch_size: int = 32
+    """Sequences per no-grad scoring forward (reference, reward, value) in the rollout,
+    sorted by length so each chunk carries little padding. Larger than a training
+    micro-batch because no activations are kept."""
+    sampler_cache: str = "dynamic"
+    """dynamic | static: the sampler's KV cache. static preallocates every position and
+    writes in place (no per-step concatenation; fixed shapes)."""
+    compile_sampler: bool = False
+    """Run each decode step through torch.compile (needs sampler_cache=static; on a GPU as a
+    CUDA graph). The first rollout pays the compilation (tens of seconds on a CPU)."""
+    fused_adamw: bool = True
+    """AdamW's fused kernel (`fused=True`: one kernel over all parameters instead of a dozen
+    per tensor; CPU and CUDA in torch >= 2.4); False: torch's default (foreach)."""
 
     def validate(self) -> None:
+        _check(self.sampler_cache in ("dynamic", "static"), "ppo.sampler_cache",
+               "must be 'dynamic' or 'static'")
+        _check(not self.compile_sampler or self.sampler_cache == "static",
+               "ppo.compile_sampler", "needs ppo.sampler_cache=static (fixed shapes)")
+        _check(self.score_batch_size >= 1, "ppo.score_batch_size", "must be >= 1")
         _check(self.batch_size % self.mini_batch_size == 0, "ppo.batch_size",
                "must be divisible by ppo.mini_batch_size")
         _check(self.mini_batch_size % self.micro_batch_size == 0, "ppo.mini_batch_size",

@@ -19,7 +19,7 @@ Stats = dict[str, torch.Tensor]
 
 __all__ = [
     "masked_mean", "masked_var", "masked_whiten",
-    "logprobs_from_logits", "entropy_from_logits",
+    "logprobs_from_logits", "entropy_from_logits", "selective_log_softmax",
     "sft_loss", "ptx_loss", "ranking_loss",
     "kl_penalty", "per_token_rewards", "gae",
     "ppo_policy_loss", "value_loss",
@@ -128,6 +128,88 @@ def entropy_from_logits(logits: torch.Tensor, chunk_rows: int = 256) -> torch.Te
     if not out:  # zero positions
         return flat.new_zeros(logits.shape[:-1], dtype=torch.float32)
     return torch.cat(out).reshape(logits.shape[:-1])
+
+
+def _chunk_rows(vocab: int) -> int:
+    """Positions per chunk so that one float32 chunk of logits is ~128 MiB at most."""
+    return max(1, (1 << 25) // max(1, vocab))
+
+
+class _SelectiveLogSoftmax(torch.autograd.Function):
+    """log softmax(logits / T)[token] per position, with the float32 work done chunk by
+    chunk in the forward pass and recomputed chunk by chunk in the backward pass. What is
+    saved for backward is the input logits (already alive: the model produced them) and one
+    float per position (the logsumexp), never a (..., V) float32 log-softmax; TRL's
+    `selective_log_softmax` has the same aim in its forward pass only."""
+
+    @staticmethod
+    def forward(ctx, logits, tokens, temperature, with_entropy):
+        V = logits.shape[-1]
+        flat = logits.reshape(-1, V)  # (P,V)
+        tok = tokens.reshape(-1, 1).long()  # (P,1)
+        P = flat.shape[0]
+        logp = flat.new_empty(P, dtype=torch.float32)
+        lse = flat.new_empty(P, dtype=torch.float32)
+        ent = flat.new_empty(P, dtype=torch.float32) if with_entropy else None
+        step = _chunk_rows(V)
+        for s in range(0, P, step):
+            c = flat[s:s + step].float()
+            if temperature != 1.0:
+                c = c / temperature
+            l = torch.logsumexp(c, dim=-1)  # (p,)
+            lse[s:s + step] = l
+            logp[s:s + step] = c.gather(1, tok[s:s + step]).squeeze(1) - l
+            if with_entropy:  # H = logsumexp(c) - sum softmax(c) * c
+                ent[s:s + step] = l - (torch.softmax(c, dim=-1) * c).sum(-1)
+        ctx.save_for_backward(logits, tokens, lse)
+        ctx.temperature = temperature
+        logp = logp.view(tokens.shape)
+        if not with_entropy:
+            return logp
+        ent = ent.view(tokens.shape)
+        ctx.mark_non_differentiable(ent)
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_ent=None):
+        logits, tokens, lse = ctx.saved_tensors
+        T = ctx.temperature
+        V = logits.shape[-1]
+        flat = logits.reshape(-1, V)
+        tok = tokens.reshape(-1, 1).long()
+        g = grad_logp.reshape(-1).float()  # (P,)
+        grad = torch.empty_like(flat)  # (P,V), the logits' dtype
+        step = _chunk_rows(V)
+        for s in range(0, flat.shape[0], step):
+            c = flat[s:s + step].float()
+            if T != 1.0:
+                c = c / T
+            gs = g[s:s + step, None]  # (p,1)
+            # d log p_y / d z_j = (1[j = y] - p_j) / T
+            gc = torch.exp(c - lse[s:s + step, None]).mul_(-gs)
+            gc.scatter_add_(1, tok[s:s + step], gs)
+            if T != 1.0:
+                gc = gc / T
+            grad[s:s + step] = gc.to(grad.dtype)
+        return grad.view(logits.shape), None, None, None
+
+
+def selective_log_softmax(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
+                          with_entropy: bool = False):
+    """log softmax(logits / temperature) at ``tokens``: (..., V), (...) -> (...) float32,
+    differentiable in ``logits``; with ``with_entropy`` also the entropy (...) of each
+    softmax(logits / temperature), without gradient (a statistic, not a loss term).
+
+    Memory-light in both passes: float32 work in chunks of positions (`_chunk_rows`), and
+    the backward recomputes softmax per chunk from the saved logits instead of keeping a
+    (..., V) float32 log-softmax from the forward pass. Equal to
+    ``log_softmax(logits.float() / T).gather(tokens)`` up to float rounding (tested).
+    """
+    if logits.shape[:-1] != tokens.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and tokens {tuple(tokens.shape)} disagree")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return _SelectiveLogSoftmax.apply(logits, tokens, float(temperature), bool(with_entropy))
 
 
 # --------------------------------------------------------------------------- language-model losses

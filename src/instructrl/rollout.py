@@ -7,6 +7,14 @@ changes a result: a sequence gets the same log-probs alone or in a padded batch.
 
 A response's mask is 1 up to and including its first EOS token; tokens after it are pad and
 masked out everywhere.
+
+Only the work PPO needs is done (issue 18): the sampler can return the log-probs of the tokens
+it drew, which ARE the old policy's log-probs when training sees the same weights, temperature
+and no dropout (then PPO skips a forward pass, as TRL does with its generation logits); scoring
+forwards compute logits for the response positions only (`logits_to_keep`); log-probs and
+entropies are taken chunk by chunk (`losses.selective_log_softmax`), so no float32
+(B,R,V) log-softmax is ever kept; the decode loop can run on a static KV cache with a
+`torch.compile`d step (CUDA graphs on a GPU).
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from instructrl.modeling import gather_last, position_ids_from_mask
+from instructrl.losses import selective_log_softmax
+from instructrl.modeling import AdapterDisabled, gather_last, position_ids_from_mask
 
 
 @dataclass
@@ -87,9 +96,10 @@ def _as_tensor_ids(ids: int | Sequence[int], device) -> torch.Tensor:
 
 # -- sampling ---------------------------------------------------------------------------------
 def _forward_params(model):
-    """The parameters of the model's own forward, under a peft wrapper (whose forward takes
-    **kwargs and passes them on)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    """The parameters of the model's own forward, under a peft wrapper or an
+    `AdapterDisabled` view (whose forwards take **kwargs and pass them on)."""
+    inner = model.model if isinstance(model, AdapterDisabled) else model
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     return inspect.signature(inner.forward).parameters
 
 
@@ -106,63 +116,139 @@ def output_cache(out):
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
-def _last_logits_only(model) -> dict:
-    """Ask for the last position's logits only where the model supports it: the prefill
-    then never materialises (B,Q,V) logits (large for big vocabularies)."""
+def _last_logits(model, n: int = 1) -> dict:
+    """Ask for the last `n` positions' logits only where the model supports it: the prefill
+    then never materialises (B,Q,V) logits, and a scoring forward only the response's
+    (B,R+1,V) (large for big vocabularies; the unembedding is ~40 % of a small model's
+    FLOPs per token, so the prompt's logits are not free either)."""
     params = _forward_params(model)
-    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    return {"logits_to_keep": n} if "logits_to_keep" in params else {}
+
+
+def _decode_step(model, tokens, positions, mask, cache, cache_kw):
+    """One decode step on a static cache: (B,1) tokens -> (B,V) logits of the next one."""
+    out = model(input_ids=tokens, attention_mask=mask, position_ids=positions,
+                use_cache=True, **{cache_kw: cache}, **_last_logits(model))
+    return out.logits[:, -1, :]
+
+
+_compiled_decode_step = None
+
+
+def compiled_decode_step():
+    """`_decode_step` through `torch.compile` (made once per process; dynamo caches one graph
+    per model and shape). Inductor fuses the small elementwise ops of a decode step (RMSNorm,
+    RoPE, SiLU * up, the cache write) that dominate at small sizes; on a GPU the
+    "reduce-overhead" mode also replays the step as a CUDA graph, as transformers' own
+    compiled `generate` does with a static cache."""
+    global _compiled_decode_step
+    if _compiled_decode_step is None:
+        mode = "reduce-overhead" if torch.cuda.is_available() else None
+        _compiled_decode_step = torch.compile(_decode_step, dynamic=False, mode=mode)
+    return _compiled_decode_step
+
+
+def _static_cache(model, batch: int, length: int):
+    """A preallocated KV cache of `length` positions (transformers' StaticCache): each step
+    writes one column in place (index_copy_) instead of concatenating a new, longer cache
+    tensor per layer, and every step has the same shapes, which is what a compiled step and
+    CUDA graphs need."""
+    from transformers import StaticCache
+
+    cfg = model.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return StaticCache(config=cfg, max_cache_len=length)
 
 
 @torch.no_grad()
 def sample(model, queries: torch.Tensor, query_mask: torch.Tensor, *, max_new_tokens: int,
            temperature: float = 1.0, eos_token_id: int | Sequence[int], pad_token_id: int,
-           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           generator: torch.Generator | None = None, return_logprobs: bool = False,
+           cache: str = "dynamic", compile_step: bool = False):
     """Sample responses to left-padded queries (B,Q) with a KV cache.
 
     Returns (responses (B,R), response_mask (B,R)) with R <= max_new_tokens (the loop stops
-    when every row has emitted EOS). Tokens after a row's first EOS are `pad_token_id` and
-    masked out. Plain sampling from softmax(logits / temperature), no top-k/top-p (the paper
-    samples at temperature 1, App. C.4); temperature 0 is greedy. Deterministic given
-    `generator` (else torch's global RNG). The model runs in eval mode (no dropout) and is
-    put back in its previous mode afterwards.
+    when every row has emitted EOS), and with `return_logprobs` also (B,R) the log-probs of
+    the drawn tokens under softmax(logits / temperature), 0 where masked: the distribution
+    sampled from. Tokens after a row's first EOS are `pad_token_id` and masked out. Plain
+    sampling from softmax(logits / temperature), no top-k/top-p (the paper samples at
+    temperature 1, App. C.4); temperature 0 is greedy. Deterministic given `generator` (else
+    torch's global RNG). The model runs in eval mode (no dropout) and is put back in its
+    previous mode afterwards.
+
+    `cache`: "dynamic" grows the cache by concatenation (transformers' DynamicCache);
+    "static" preallocates Q + max_new_tokens positions (rounded up to a multiple of 64, so
+    that batches of other prompt lengths reuse a compiled step) and writes in place.
+    `compile_step` (static cache only) runs each decode step through `torch.compile`. All
+    three draw the same tokens; log-probs agree to float rounding.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
-    B, device = queries.shape[0], queries.device
+    if cache not in ("dynamic", "static"):
+        raise ValueError(f"cache must be 'dynamic' or 'static', got {cache!r}")
+    if compile_step and cache != "static":
+        raise ValueError("compile_step needs cache='static' (a compiled step needs fixed shapes)")
+    if return_logprobs and temperature == 0:
+        raise ValueError("greedy decoding (temperature 0) has no sampling log-probs")
+    B, Q = queries.shape
+    device = queries.device
     eos = _as_tensor_ids(eos_token_id, device)
     was_training = model.training
     model.eval()
     try:
-        mask = query_mask.long()  # (B,Q) grows by one column per step
+        mask = query_mask.long()  # (B,Q) grows by one column per step (dynamic cache)
         positions = position_ids_from_mask(mask)  # (B,Q)
         cache_kw = cache_kwarg(model)
+        kv = None
+        if cache == "static":
+            length = -(-(Q + max_new_tokens) // 64) * 64
+            kv = _static_cache(model, B, length)
+            # The whole mask up front: response slots are 1 (causality hides the future
+            # ones), slots past Q + max_new_tokens are 0. Constant across steps.
+            mask = torch.cat([mask, mask.new_ones(B, max_new_tokens),
+                              mask.new_zeros(B, length - Q - max_new_tokens)], 1)  # (B,L)
+            step_fn = compiled_decode_step() if compile_step else _decode_step
         out = model(input_ids=queries, attention_mask=mask, position_ids=positions,
-                    use_cache=True, **_last_logits_only(model))
+                    use_cache=True, **({cache_kw: kv} if kv is not None else {}),
+                    **_last_logits(model))
+        kv = output_cache(out)
+        logits = out.logits[:, -1, :]  # (B,V)
         next_pos = positions[:, -1:] + 1  # (B,1)
         done = torch.zeros(B, dtype=torch.bool, device=device)
-        tokens, alive = [], []
+        tokens, alive, logps = [], [], []
         for step in range(max_new_tokens):
-            logits = out.logits[:, -1, :].float()  # (B,V)
+            logits = logits.float()  # (B,V)
             if temperature == 0:
                 tok = logits.argmax(-1)
             else:
-                probs = F.softmax(logits / temperature, dim=-1)
+                scaled = logits / temperature if temperature != 1.0 else logits
+                probs = F.softmax(scaled, dim=-1)
                 tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+                if return_logprobs:
+                    logps.append(scaled.gather(1, tok[:, None]).squeeze(1)
+                                 - torch.logsumexp(scaled, dim=-1))  # (B,)
             alive.append(~done)
             tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
             tokens.append(tok)
             done = done | torch.isin(tok, eos)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
-                        use_cache=True, **{cache_kw: output_cache(out)})
+            if cache == "static":
+                logits = step_fn(model, tok[:, None], next_pos, mask, kv, cache_kw)
+            else:
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+                out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
+                            use_cache=True, **{cache_kw: kv})
+                kv = output_cache(out)
+                logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
         responses = torch.stack(tokens, 1)  # (B,R)
         response_mask = torch.stack(alive, 1).long()  # (B,R)
     finally:
         model.train(was_training)
-    return responses, response_mask
+    if not return_logprobs:
+        return responses, response_mask
+    return responses, response_mask, torch.stack(logps, 1) * response_mask  # (B,R)
 
 
 def sample_generate(model, queries: torch.Tensor, query_mask: torch.Tensor, *,
@@ -224,26 +310,29 @@ def response_logprobs(model, queries: torch.Tensor, query_mask: torch.Tensor,
     """Log-probs (B,R) of each response token under `model`, from one forward pass over the
     (B,T=Q+R) sequence; logits are divided by `temperature` (the sampling temperature, so the
     log-probs are those of the distribution sampled from). Masked positions are 0.
-    With `return_entropy`, also the (B,R) entropy of each predicted distribution (masked 0).
+    With `return_entropy`, also the (B,R) entropy of each predicted distribution (masked 0),
+    computed without gradients (PPO reports it; nothing is trained on it).
     The model's train/eval mode is the caller's.
+
+    Only the response positions' logits are computed where the model takes `logits_to_keep`,
+    and the log-softmax is taken chunk by chunk (`selective_log_softmax`): what stays for the
+    backward pass is the model's own (B,R+1,V) logits, never a float32 copy or a full
+    log-softmax of them.
     """
     R = responses.shape[1]
     queries, query_mask, responses, response_mask = trim_padding(queries, query_mask,
                                                                  responses, response_mask)
     input_ids, mask, positions = _concat(queries, query_mask, responses, response_mask)
-    Q = queries.shape[1]
+    Q, r = queries.shape[1], responses.shape[1]
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                   use_cache=False).logits  # (B,T,V)
-    logits = logits[:, Q - 1:-1, :].float()  # (B,R,V): position t-1 predicts token t
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp_all = F.log_softmax(logits, dim=-1)  # (B,R,V)
-    rmask = response_mask.to(logp_all.dtype)
-    logprobs = logp_all.gather(-1, responses.unsqueeze(-1)).squeeze(-1) * rmask  # (B,R)
+                   use_cache=False, **_last_logits(model, r + 1)).logits  # (B,r+1,V) or (B,T,V)
+    logits = logits[:, -(r + 1):-1, :]  # (B,r,V): position t-1 predicts token t
+    out = selective_log_softmax(logits, responses, temperature, with_entropy=return_entropy)
+    rmask = response_mask.to(torch.float32)
     if not return_entropy:
-        return _pad_to(logprobs, R)
-    entropy = -(logp_all.exp() * logp_all).sum(-1) * rmask  # (B,R)
-    return _pad_to(logprobs, R), _pad_to(entropy, R)
+        return _pad_to(out * rmask, R)
+    logprobs, entropy = out
+    return _pad_to(logprobs * rmask, R), _pad_to(entropy * rmask, R)
 
 
 def response_values(scalar_model, queries: torch.Tensor, query_mask: torch.Tensor,

@@ -10,7 +10,8 @@ Four models: the policy (trained, from the selected SFT model), the reference (a
 of that initialisation), the reward model (frozen, bias-normalised, read at the EOS), and the
 value function (trained, a separate network initialised from the RM). One iteration:
 
-1. rollout: sample a batch of responses at temperature 1 with the KV cache; score them;
+1. rollout: sample a batch of responses at temperature 1 with the KV cache, keeping the
+   sampler's log-probs as the old policy's; score them (reference, value, reward forwards);
 2. per-token rewards: -beta (log pi - log pi_ref) on every token, plus the RM score on the last;
 3. GAE (gamma = 1, lambda = 0.95) and whitened advantages;
 4. `ppo_epochs` passes over the batch in minibatches; each minibatch accumulates the PPO
@@ -36,7 +37,13 @@ differs from TRL's, it is said here so curves are compared knowingly:
   real response tokens, during the training forward (TRL 0.29: the mean over the whole
   (B,R) grid of the rollout's per-token entropy, padding included);
 - `policy/approxkl`: 0.5 * mean over real response tokens of (log ratio)^2 (TRL: the same
-  estimator, averaged per minibatch over all positions).
+  estimator, averaged per minibatch over all positions);
+- `time/generation`, `time/scoring`, `time/training`: the iteration's phases in seconds.
+
+Speed (issue 18; bench/ppo_throughput.py measures it against TRL): only the work PPO needs
+(no policy forward over the rollout, logits for response positions only, entropy without
+gradients, scoring in large length-sorted chunks), fused AdamW and a multi-tensor EMA, and
+optionally a static KV cache with a compiled decode step; each behind a `ppo.*` switch.
 """
 
 from __future__ import annotations
@@ -130,27 +137,45 @@ def load_models(cfg: RunConfig, init: str | Path, ref: str | Path, rm: str | Pat
 
 # --------------------------------------------------------------------------- rollout
 @torch.no_grad()
-def make_rollout(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed: int,
-                 device, reward_fn: RewardFn | None = None) -> Rollout:
+def generate(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed: int,
+             device) -> Rollout:
+    """Sample one response per prompt at temperature `c.temperature` with the KV cache. With
+    `c.logprobs_from_sampler` the rollout's old log-probs are those of the distributions the
+    tokens were drawn from: the policy in eval mode IS the policy PPO trains (same weights,
+    same temperature, no dropout anywhere in RL), so the forward pass that would recompute
+    them is skipped (TRL takes them from its generation logits the same way)."""
     queries, query_mask = pad_left([encode_prompt(tokenizer, p.chat, c.max_prompt_tokens)
                                     for p in prompts], tokenizer.pad_token_id)
     queries, query_mask = queries.to(device), query_mask.to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     m.policy.eval()
-    responses, response_mask = sample(
-        m.policy, queries, query_mask, max_new_tokens=c.max_new_tokens,
-        temperature=c.temperature, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, generator=gen)
-    B = queries.shape[0]
-    # Score in micro-batches of similar length, so that each is trimmed to little padding
-    # (rollout.trim_padding); `unsort` puts the rows back in prompt order.
-    order = torch.argsort(query_mask.sum(1) + response_mask.sum(1))  # (B,)
+    out = sample(m.policy, queries, query_mask, max_new_tokens=c.max_new_tokens,
+                 temperature=c.temperature, eos_token_id=tokenizer.eos_token_id,
+                 pad_token_id=tokenizer.pad_token_id, generator=gen,
+                 return_logprobs=c.logprobs_from_sampler, cache=c.sampler_cache,
+                 compile_step=c.compile_sampler)
+    responses, response_mask = out[:2]
+    return Rollout(queries=queries, query_mask=query_mask, responses=responses,
+                   response_mask=response_mask,
+                   logprobs=out[2] if c.logprobs_from_sampler else None)
+
+
+@torch.no_grad()
+def score(m: Models, tokenizer, prompts: list[Prompt], r: Rollout, c: PPOConfig, device,
+          reward_fn: RewardFn | None = None) -> Rollout:
+    """The rollout's reference log-probs, values and scores (and the policy's log-probs when
+    the sampler did not give them): no-grad forwards in chunks of `c.score_batch_size`
+    sequences of similar length, so that each is trimmed to little padding
+    (rollout.trim_padding); `unsort` puts the rows back in prompt order."""
+    B = r.queries.shape[0]
+    order = torch.argsort(r.query_mask.sum(1) + r.response_mask.sum(1))  # (B,)
     unsort = torch.argsort(order)
     logprobs, ref_logprobs, values, scores = [], [], [], []
-    for s in chunks(B, c.micro_batch_size):
+    for s in chunks(B, c.score_batch_size):
         rows = order[s]
-        args = (queries[rows], query_mask[rows], responses[rows], response_mask[rows])
-        logprobs.append(response_logprobs(m.policy, *args, c.temperature))
+        args = (r.queries[rows], r.query_mask[rows], r.responses[rows], r.response_mask[rows])
+        if r.logprobs is None:
+            logprobs.append(response_logprobs(m.policy, *args, c.temperature))
         ref_logprobs.append(response_logprobs(m.ref, *args, c.temperature))
         values.append(response_values(m.value, *args))
         if reward_fn is None:
@@ -158,17 +183,23 @@ def make_rollout(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed
     if reward_fn is None:
         score = torch.cat(scores)[unsort]
     else:
-        texts = decode_responses(tokenizer, responses, response_mask)
+        texts = decode_responses(tokenizer, r.responses, r.response_mask)
         score = torch.as_tensor(reward_fn(prompts, texts), dtype=torch.float32, device=device)
     if c.missing_eos_score is not None:
         # The "EOS trick": a response that never ended gets a fixed low score instead.
-        ended = ((responses == tokenizer.eos_token_id) & response_mask.bool()).any(1)
+        ended = ((r.responses == tokenizer.eos_token_id) & r.response_mask.bool()).any(1)
         score = torch.where(ended, score, torch.full_like(score, c.missing_eos_score))
-    return Rollout(queries=queries, query_mask=query_mask, responses=responses,
-                   response_mask=response_mask, logprobs=torch.cat(logprobs)[unsort],
-                   ref_logprobs=torch.cat(ref_logprobs)[unsort],
-                   values=torch.cat(values)[unsort],
-                   scores=score)
+    return dataclasses.replace(
+        r, logprobs=r.logprobs if r.logprobs is not None else torch.cat(logprobs)[unsort],
+        ref_logprobs=torch.cat(ref_logprobs)[unsort], values=torch.cat(values)[unsort],
+        scores=score)
+
+
+def make_rollout(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed: int,
+                 device, reward_fn: RewardFn | None = None) -> Rollout:
+    """A scored batch: `generate`, then `score`."""
+    r = generate(m, tokenizer, prompts, c, seed, device)
+    return score(m, tokenizer, prompts, r, c, device, reward_fn)
 
 
 # --------------------------------------------------------------------------- one update
@@ -229,9 +260,12 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        for k, v in model.named_parameters():
-            if k in self.shadow:
-                self.shadow[k].lerp_(v.detach(), 1 - self.decay)
+        # One multi-tensor kernel over all parameters, not one lerp per tensor (what the
+        # foreach optimizers do): a step of a small model is mostly per-op overhead.
+        params = dict(model.named_parameters())
+        keys = list(self.shadow)
+        torch._foreach_lerp_([self.shadow[k] for k in keys],
+                             [params[k].detach() for k in keys], 1 - self.decay)
 
     def load(self, shadow: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
         """A checkpoint's shadow (loaded on the CPU), on the device of each parameter."""
@@ -274,8 +308,8 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
                               "`--set ppo.ptx_coef=0` trains plain PPO without it"
                               ) if c.ptx_coef > 0 else []
     n_iters = c.episodes // c.batch_size
-    opt_p = torch.optim.AdamW(trainable(m.policy), lr=c.lr, betas=c.betas, weight_decay=0.0)
-    opt_v = torch.optim.AdamW(trainable(m.value), lr=c.lr, betas=c.betas, weight_decay=0.0)
+    opt_p = _adamw(trainable(m.policy), c)
+    opt_v = _adamw(trainable(m.value), c)
     # App. C.4: constant LR after a warmup of `warmup_iters` iterations from 0.1x.
     steps_per_iter = c.ppo_epochs * (c.batch_size // c.mini_batch_size)
     warm = c.warmup_iters * steps_per_iter
@@ -306,11 +340,13 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
     end = n_iters if max_iterations is None else min(n_iters, max_iterations)
     bar = tqdm(total=n_iters, initial=start, desc=stage, unit="it")
     for it in range(start, end):
-        t0 = time.time()
+        t0 = _now(device)
         seed = c.seed * 1_000_003 + it
         batch_prompts = prompts_for_iteration(prompts, it, c.batch_size, c.seed)
-        r = make_rollout(m, tokenizer, batch_prompts, c, seed, device, reward_fn)
-        t_rollout = time.time() - t0
+        r = generate(m, tokenizer, batch_prompts, c, seed, device)
+        t_generation = _now(device) - t0
+        r = score(m, tokenizer, batch_prompts, r, c, device, reward_fn)
+        t_rollout = _now(device) - t0
         rewards, stats = per_token_rewards(r.scores, r.logprobs, r.ref_logprobs,
                                            r.response_mask, kl_ctl.value)
         if c.whiten_rewards:
@@ -357,7 +393,9 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
                **{k: sum(v) / len(v) for k, v in train_stats.items()},
                "objective/kl_coef": kl_ctl.value, "lr": sched_p.get_last_lr()[0],
                "objective/response_length": float(r.response_mask.sum(1).float().mean()),
-               "time/rollout": t_rollout, "time/iteration": time.time() - t0}
+               "time/generation": t_generation, "time/scoring": t_rollout - t_generation,
+               "time/training": _now(device) - t0 - t_rollout,
+               "time/rollout": t_rollout, "time/iteration": _now(device) - t0}
         _check_finite(row, stage, it, ckpt)
         log.write(row)
         for k, v in row.items():
@@ -388,6 +426,21 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
                   ptx_coef=c.ptx_coef, lora=lora_enabled(cfg.lora, "ppo"))
     ckpt.remove()
     return out
+
+
+def _now(device) -> float:
+    """Wall time once the device's queued work is done (phase times on a GPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.time()
+
+
+def _adamw(params: list[torch.nn.Parameter], c: PPOConfig) -> torch.optim.AdamW:
+    """AdamW with App. C.4's betas, no weight decay; fused into one kernel when asked
+    (`ppo.fused_adamw`) and the parameters' device has it, else torch's default."""
+    fused = c.fused_adamw and bool(params) and params[0].device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr=c.lr, betas=c.betas, weight_decay=0.0,
+                             fused=fused or None)
 
 
 def _check_finite(stats: dict, stage: str, it: int, ckpt: Checkpoint) -> None:
