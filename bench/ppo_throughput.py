@@ -167,6 +167,18 @@ def worker_ours(args) -> dict:
             return super().write(row)
 
     ppo.MetricsLog = TimedLog
+    # Generation time from the sampler itself where the stage does not report it (an older
+    # checkout, `--ours-src`: the baseline).
+    gen_times: list[float] = []
+    real_sample = ppo.sample
+
+    def timed_sample(*a, **k):
+        t = time.perf_counter()
+        out = real_sample(*a, **k)
+        gen_times.append(time.perf_counter() - t)
+        return out
+
+    ppo.sample = timed_sample
     prof = None
     if args.profile:
         from torch.profiler import ProfilerActivity, profile, schedule
@@ -181,12 +193,14 @@ def worker_ours(args) -> dict:
     ppo.train(cfg, RunDir(run), init=models / "policy", ref=models / "policy",
               rm=models / "rm", value=models / "rm", stage="ppo")
     rows = common.read_metrics(run / "ppo" / "metrics.jsonl")
+    gen = [r.get("time/generation", g) for r, g in zip(rows, gen_times)]
     out = {"iteration": [b - a for a, b in zip(stamps, stamps[1:])],
-           "generation": [r["time/generation"] for r in rows],
-           "scoring": [r["time/scoring"] for r in rows],
-           "training": [r["time/training"] for r in rows],
+           "generation": gen,
+           "scoring": [r["time/rollout"] - g for r, g in zip(rows, gen)],
+           "training": [r["time/iteration"] - r["time/rollout"] for r in rows],
            "response_length": [r["objective/response_length"] for r in rows],
            "optimizer_steps": shape["batch"] // shape["minibatch"],
+           "source": str(Path(ppo.__file__).parents[2]),
            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
     if torch.cuda.is_available():
         out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -335,7 +349,7 @@ def run_worker(side: str, python: Path, args, models: Path, k: int) -> tuple[dic
     threads = SHAPES[args.config]["threads"]
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    env["PYTHONPATH"] = str(ROOT / "src") if side == "ours" else ""
+    env["PYTHONPATH"] = args.ours_src if side == "ours" else ""
     env["TOKENIZERS_PARALLELISM"] = "false"
     load = load_average()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -381,6 +395,9 @@ def main() -> int:
                    help="wait (up to --wait s) for the 1-minute load average to fall below this")
     p.add_argument("--wait", type=float, default=0)
     p.add_argument("--trl-venv", default=str(ROOT / "runs" / "trl-venv"))
+    p.add_argument("--ours-src", default=str(ROOT / "src"),
+                   help="the instructrl source tree our side imports (another checkout's src/ "
+                        "measures a baseline: `git archive COMMIT src | tar -x -C /tmp/base`)")
     # worker mode (internal)
     p.add_argument("--worker", choices=["ours", "trl"])
     p.add_argument("--models")
@@ -418,7 +435,7 @@ def main() -> int:
           f"{shape['response']}, batch {shape['batch']} / minibatch {shape['minibatch']} / micro "
           f"{shape['micro']}, {shape['dtype']}, threads {shape['threads'] or 'default'}; "
           f"{args.runs} run(s) x {args.iters} iterations per side, first dropped, medians")
-    print(f"command: {cmd}   our overrides: {args.set or 'none'}")
+    print(f"command: {cmd}   our overrides: {args.set or 'none'}; our source: {args.ours_src}")
     summary = {s: summarise(results[s], shape) for s in sides}
     cols = ["samples/s", "s/it", "1st it s", "gen %", "score %", "train %", "gen tok/s",
             "opt steps/it", "peak RSS GiB"] + (["peak GPU GiB"] if "peak_gpu_gib" in
