@@ -155,6 +155,7 @@ def worker_ours(args) -> dict:
                  *args.set]
     cfg = load_config(None, overrides)
     stamps: list[float] = []
+    cpu: list[float] = []  # process CPU seconds (all threads) at the same moments
 
     class TimedLog(common.MetricsLog):
         """Stamps each metrics row: an iteration is the time between two rows (as for TRL)."""
@@ -162,6 +163,7 @@ def worker_ours(args) -> dict:
         def write(self, row):
             if "time/iteration" in row:
                 stamps.append(time.perf_counter())
+                cpu.append(time.process_time())
                 if prof is not None:
                     prof.step()
             return super().write(row)
@@ -190,11 +192,13 @@ def worker_ours(args) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     stamps.append(time.perf_counter())
+    cpu.append(time.process_time())
     ppo.train(cfg, RunDir(run), init=models / "policy", ref=models / "policy",
               rm=models / "rm", value=models / "rm", stage="ppo")
     rows = common.read_metrics(run / "ppo" / "metrics.jsonl")
     gen = [r.get("time/generation", g) for r, g in zip(rows, gen_times)]
     out = {"iteration": [b - a for a, b in zip(stamps, stamps[1:])],
+           "cpu": [b - a for a, b in zip(cpu, cpu[1:])],
            "generation": gen,
            "scoring": [r["time/rollout"] - g for r, g in zip(rows, gen)],
            "training": [r["time/iteration"] - r["time/rollout"] for r in rows],
@@ -263,7 +267,7 @@ def worker_trl(args) -> dict:
         num_sample_generations=0, report_to=[], save_strategy="no", logging_steps=1,
         bf16=bf16, use_cpu=device == "cpu", seed=0, disable_tqdm=True,
         local_rollout_forward_batch_size=64)
-    marks: dict[str, list[float]] = {"gen0": [], "gen1": [], "train0": [], "end": []}
+    marks: dict[str, list[float]] = {"gen0": [], "gen1": [], "train0": [], "end": [], "cpu": []}
     real_generation, real_forward = trl_ppo.batch_generation, trl_ppo.forward
 
     def sync():
@@ -288,9 +292,11 @@ def worker_trl(args) -> dict:
     class Stamp(TrainerCallback):
         def on_train_begin(self, *a, **k):
             marks["end"].append(sync())
+            marks["cpu"].append(time.process_time())
 
         def on_step_end(self, *a, **k):
             marks["end"].append(sync())
+            marks["cpu"].append(time.process_time())
 
     trainer = PPOTrainer(args=config, processing_class=tok, model=policy, ref_model=ref,
                          reward_model=reward, value_model=value, train_dataset=data,
@@ -300,6 +306,7 @@ def worker_trl(args) -> dict:
     trainer.train()
     e, g0, g1, t0 = marks["end"], marks["gen0"], marks["gen1"], marks["train0"]
     out = {"iteration": [b - a for a, b in zip(e, e[1:])],
+           "cpu": [b - a for a, b in zip(marks["cpu"], marks["cpu"][1:])],
            "generation": [b - a for a, b in zip(g0, g1)],
            "scoring": [b - a for a, b in zip(g1, t0)],
            "training": [end - t for t, end in zip(t0, e[1:])],
@@ -343,6 +350,8 @@ def run_worker(side: str, python: Path, args, models: Path, k: int) -> tuple[dic
     cmd = [str(python), str(Path(__file__).resolve()), "--worker", side, "--config", args.config,
            "--models", str(models), "--workdir", str(workdir), "--iters", str(args.iters),
            "--result", str(result)] + [x for s in args.set for x in ("--set", s)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     if args.profile and side == "ours":
         cmd.append("--profile")
     env = dict(os.environ)
@@ -371,6 +380,7 @@ def summarise(results: list[dict], shape: dict) -> dict:
     s = median(it)
     out = {"s_per_iteration": s, "samples_per_s": shape["batch"] / s,
            "first_iteration_s": median([r["iteration"][0] for r in results]),
+           "cpu_s_per_iteration": median([x for r in results for x in r["cpu"][1:]]),
            "generated_tok_per_s": shape["batch"] * shape["response"] / median(parts["generation"]),
            "optimizer_steps": results[0]["optimizer_steps"],
            "peak_rss_gib": max(r["peak_rss_gib"] for r in results)}
@@ -388,6 +398,8 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=None, help="pairs of runs (ours, TRL)")
     p.add_argument("--iters", type=int, default=None, help="iterations per run (first dropped)")
     p.add_argument("--sides", default="ours,trl")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: the shape's; BENCH.md's cpu-tiny is 2)")
     p.add_argument("--set", action="append", default=[],
                    help="override of our config, e.g. --set ppo.compile_sampler=true")
     p.add_argument("--profile", action="store_true", help="print a profile of our 3rd iteration")
@@ -405,6 +417,8 @@ def main() -> int:
     p.add_argument("--result")
     args = p.parse_args()
     shape = SHAPES[args.config]
+    if args.threads:
+        shape["threads"] = args.threads
     args.iters = args.iters or shape["iters"]
     if args.worker:
         out = (worker_ours if args.worker == "ours" else worker_trl)(args)
@@ -437,13 +451,14 @@ def main() -> int:
           f"{args.runs} run(s) x {args.iters} iterations per side, first dropped, medians")
     print(f"command: {cmd}   our overrides: {args.set or 'none'}; our source: {args.ours_src}")
     summary = {s: summarise(results[s], shape) for s in sides}
-    cols = ["samples/s", "s/it", "1st it s", "gen %", "score %", "train %", "gen tok/s",
+    cols = ["samples/s", "s/it", "CPU s/it", "1st it s", "gen %", "score %", "train %", "gen tok/s",
             "opt steps/it", "peak RSS GiB"] + (["peak GPU GiB"] if "peak_gpu_gib" in
                                               summary[sides[0]] else []) + ["load avg"]
     print(f"{'':6}" + "".join(f"{c:>14}" for c in cols))
     for s in sides:
         x = summary[s]
         vals = [f"{x['samples_per_s']:.2f}", f"{x['s_per_iteration']:.3f}",
+                f"{x['cpu_s_per_iteration']:.2f}",
                 f"{x['first_iteration_s']:.2f}", f"{100 * x['generation_share']:.0f}",
                 f"{100 * x['scoring_share']:.0f}", f"{100 * x['training_share']:.0f}",
                 f"{x['generated_tok_per_s']:,.0f}", f"{x['optimizer_steps']}",
@@ -454,7 +469,9 @@ def main() -> int:
         print(f"{s:6}" + "".join(f"{v:>14}" for v in vals))
     if {"ours", "trl"} <= set(sides):
         ratio = summary["ours"]["samples_per_s"] / summary["trl"]["samples_per_s"]
-        print(f"ratio of median samples/s, ours / TRL: {ratio:.2f}")
+        print(f"ratio of median samples/s, ours / TRL: {ratio:.2f}   (of CPU seconds per "
+              f"iteration, TRL / ours: {summary['trl']['cpu_s_per_iteration'] / summary['ours']['cpu_s_per_iteration']:.2f}; "
+              "CPU time is what a busy machine does not inflate, with 1 thread)")
         print(f"optimizer steps per iteration: ours {summary['ours']['optimizer_steps']} (one per "
               f"minibatch, App. C.4), TRL {summary['trl']['optimizer_steps']} (its "
               "accelerator.accumulate over gradient_accumulation_steps = batch / micro)")
