@@ -160,7 +160,6 @@ def _static_cache(model, batch: int, length: int):
     return StaticCache(config=cfg, max_cache_len=length)
 
 
-@torch.no_grad()
 def sample(model, queries: torch.Tensor, query_mask: torch.Tensor, *, max_new_tokens: int,
            temperature: float = 1.0, eos_token_id: int | Sequence[int], pad_token_id: int,
            generator: torch.Generator | None = None, return_logprobs: bool = False,
@@ -181,7 +180,21 @@ def sample(model, queries: torch.Tensor, query_mask: torch.Tensor, *, max_new_to
     that batches of other prompt lengths reuse a compiled step) and writes in place.
     `compile_step` (static cache only) runs each decode step through `torch.compile`. All
     three draw the same tokens; log-probs agree to float rounding.
+
+    The loop runs in inference mode (no autograd bookkeeping at all: a decode step of a small
+    model is hundreds of tiny ops, and that bookkeeping is a measurable share of each); what
+    it returns are ordinary tensors, which autograd may later save (as gather indices).
     """
+    with torch.inference_mode():
+        out = _sample(model, queries, query_mask, max_new_tokens=max_new_tokens,
+                      temperature=temperature, eos_token_id=eos_token_id,
+                      pad_token_id=pad_token_id, generator=generator,
+                      return_logprobs=return_logprobs, cache=cache, compile_step=compile_step)
+    return tuple(t.clone() for t in out)
+
+
+def _sample(model, queries, query_mask, *, max_new_tokens, temperature, eos_token_id,
+            pad_token_id, generator, return_logprobs, cache, compile_step):
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
     if cache not in ("dynamic", "static"):

@@ -160,26 +160,29 @@ def generate(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed: in
                    logprobs=out[2] if c.logprobs_from_sampler else None)
 
 
-@torch.no_grad()
 def score(m: Models, tokenizer, prompts: list[Prompt], r: Rollout, c: PPOConfig, device,
           reward_fn: RewardFn | None = None) -> Rollout:
     """The rollout's reference log-probs, values and scores (and the policy's log-probs when
-    the sampler did not give them): no-grad forwards in chunks of `c.score_batch_size`
-    sequences of similar length, so that each is trimmed to little padding
-    (rollout.trim_padding); `unsort` puts the rows back in prompt order."""
+    the sampler did not give them): forwards in chunks of `c.score_batch_size` sequences of
+    similar length, so that each is trimmed to little padding (rollout.trim_padding);
+    `unsort` puts the rows back in prompt order. In inference mode (no autograd bookkeeping);
+    training reads the results, so they leave it as ordinary tensors."""
     B = r.queries.shape[0]
     order = torch.argsort(r.query_mask.sum(1) + r.response_mask.sum(1))  # (B,)
     unsort = torch.argsort(order)
     logprobs, ref_logprobs, values, scores = [], [], [], []
-    for s in chunks(B, c.score_batch_size):
-        rows = order[s]
-        args = (r.queries[rows], r.query_mask[rows], r.responses[rows], r.response_mask[rows])
-        if r.logprobs is None:
-            logprobs.append(response_logprobs(m.policy, *args, c.temperature))
-        ref_logprobs.append(response_logprobs(m.ref, *args, c.temperature))
-        values.append(response_values(m.value, *args))
-        if reward_fn is None:
-            scores.append(response_scores(m.rm, *args))
+    with torch.inference_mode():
+        for s in chunks(B, c.score_batch_size):
+            rows = order[s]
+            args = (r.queries[rows], r.query_mask[rows], r.responses[rows],
+                    r.response_mask[rows])
+            if r.logprobs is None:
+                logprobs.append(response_logprobs(m.policy, *args, c.temperature))
+            ref_logprobs.append(response_logprobs(m.ref, *args, c.temperature))
+            values.append(response_values(m.value, *args))
+            if reward_fn is None:
+                scores.append(response_scores(m.rm, *args))
+    # (torch.cat outside inference mode returns ordinary tensors)
     if reward_fn is None:
         score = torch.cat(scores)[unsort]
     else:
