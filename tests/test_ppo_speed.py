@@ -16,8 +16,8 @@ from instructrl import losses
 from instructrl.config import load_config
 from instructrl.errors import InputError
 from instructrl.modeling import AdapterDisabled, add_lora, load_causal_lm, load_tokenizer
-from instructrl.rollout import (_forward_params, pad_left, response_logprobs, sample,
-                                trim_padding)
+from instructrl.rollout import (_forward_params, draw_cdf, pad_left, response_logprobs,
+                                sample, trim_padding)
 from instructrl.rundir import RunDir
 from instructrl.stages import ppo
 from instructrl.stages.common import read_metrics
@@ -56,6 +56,36 @@ def test_sampler_logprobs_are_a_forward_passes_logprobs(tiny, temperature):
         want = response_logprobs(model, q, qm, r, m, temperature)
     torch.testing.assert_close(lp, want, atol=1e-5, rtol=0)
     assert bool((lp[m == 0] == 0).all()) and bool((lp[m == 1] < 0).all())
+
+
+def test_cdf_draw_samples_the_distribution():
+    # 200k draws from three distributions at once: frequencies within 4 standard errors of
+    # the probabilities, and a zero-probability token never drawn.
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2], [0.0, 0.0, 0.0, 1.0], [0.25] * 4])
+    n = 200_000
+    g = torch.Generator().manual_seed(0)
+    toks = draw_cdf(probs.repeat(n, 1), g).view(n, 3)
+    for row in range(3):
+        freq = torch.bincount(toks[:, row], minlength=4).double() / n
+        p = probs[row].double()
+        se = (p * (1 - p) / n).sqrt()
+        assert bool(((freq - p).abs() <= 4 * se + 1e-12).all()), (row, freq, p)
+        assert bool((freq[p == 0] == 0).all())
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_cdf_draw_in_the_sampler_keeps_its_contract(tiny, cache):
+    model, tok = tiny
+    q, qm = queries(tok)
+    kw = dict(max_new_tokens=10, temperature=0.9, eos_token_id=tok.eos_token_id,
+              pad_token_id=tok.pad_token_id, return_logprobs=True, draw="cdf", cache=cache)
+    r, m, lp = sample(model, q, qm, generator=torch.Generator().manual_seed(4), **kw)
+    r2, m2, lp2 = sample(model, q, qm, generator=torch.Generator().manual_seed(4), **kw)
+    assert torch.equal(r, r2) and torch.equal(lp, lp2)  # deterministic given the generator
+    with torch.no_grad():
+        torch.testing.assert_close(lp, response_logprobs(model, q, qm, r, m, 0.9), atol=1e-5,
+                                   rtol=0)
+    assert len(set(m.sum(1).tolist())) > 1 and bool((r[m == 0] == tok.pad_token_id).all())
 
 
 def test_sampler_refuses_greedy_logprobs_and_compile_without_static_cache(tiny):
@@ -253,7 +283,8 @@ def test_an_iteration_with_every_speed_switch_equals_the_plain_one(
     # Same seed, one iteration: with the speed paths (sampler log-probs, big scoring chunks,
     # fused AdamW, static cache) and without them (a second policy forward, micro-sized
     # scoring chunks, foreach AdamW, dynamic cache) the trained weights and every metric
-    # agree to float rounding. With LoRA the reference is the adapter-disabled view.
+    # agree to float rounding. With LoRA the reference is the adapter-disabled view. (Both
+    # draw tokens the same way, `ppo.sampler_draw`, so that they sample the same responses.)
     fast = ("ppo.logprobs_from_sampler=true", "ppo.score_batch_size=16",
             "ppo.fused_adamw=true", "ppo.sampler_cache=static")
     slow = ("ppo.logprobs_from_sampler=false", "ppo.score_batch_size=4",
@@ -287,6 +318,8 @@ def test_speed_switches_are_validated():
         load_config(None, ["ppo.sampler_cache=paged"])
     with pytest.raises(InputError, match="ppo.score_batch_size"):
         load_config(None, ["ppo.score_batch_size=0"])
+    with pytest.raises(InputError, match="ppo.sampler_draw"):
+        load_config(None, ["ppo.sampler_draw=gumbel"])
     cfg = load_config(None, ["ppo.sampler_cache=static", "ppo.compile_sampler=true"])
     assert cfg.ppo.compile_sampler and cfg.ppo.logprobs_from_sampler and cfg.ppo.fused_adamw
 

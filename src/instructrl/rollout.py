@@ -163,7 +163,7 @@ def _static_cache(model, batch: int, length: int):
 def sample(model, queries: torch.Tensor, query_mask: torch.Tensor, *, max_new_tokens: int,
            temperature: float = 1.0, eos_token_id: int | Sequence[int], pad_token_id: int,
            generator: torch.Generator | None = None, return_logprobs: bool = False,
-           cache: str = "dynamic", compile_step: bool = False):
+           cache: str = "dynamic", compile_step: bool = False, draw: str = "multinomial"):
     """Sample responses to left-padded queries (B,Q) with a KV cache.
 
     Returns (responses (B,R), response_mask (B,R)) with R <= max_new_tokens (the loop stops
@@ -181,6 +181,12 @@ def sample(model, queries: torch.Tensor, query_mask: torch.Tensor, *, max_new_to
     `compile_step` (static cache only) runs each decode step through `torch.compile`. All
     three draw the same tokens; log-probs agree to float rounding.
 
+    `draw`: "multinomial" is torch.multinomial, what transformers' `generate` draws (the same
+    tokens for the same seed); "cdf" inverts the cumulative distribution with one uniform per
+    row, the same distribution from another random stream, ~15x cheaper on a CPU (torch's
+    one-sample multinomial races V exponential variates per row: 8 ms of a decode step of
+    32 x 8k vocabulary on one core, against 0.4 ms).
+
     The loop runs in inference mode (no autograd bookkeeping at all: a decode step of a small
     model is hundreds of tiny ops, and that bookkeeping is a measurable share of each); what
     it returns are ordinary tensors, which autograd may later save (as gather indices).
@@ -189,12 +195,25 @@ def sample(model, queries: torch.Tensor, query_mask: torch.Tensor, *, max_new_to
         out = _sample(model, queries, query_mask, max_new_tokens=max_new_tokens,
                       temperature=temperature, eos_token_id=eos_token_id,
                       pad_token_id=pad_token_id, generator=generator,
-                      return_logprobs=return_logprobs, cache=cache, compile_step=compile_step)
+                      return_logprobs=return_logprobs, cache=cache, compile_step=compile_step,
+                      draw=draw)
     return tuple(t.clone() for t in out)
 
 
+def draw_cdf(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of probs (B,V) -> (B,), by inverting the cumulative distribution:
+    the first index whose cumulative probability exceeds u ~ U(0, total). A zero-probability
+    token is never drawn (its cumulative value equals its predecessor's)."""
+    cdf = probs.cumsum(-1)  # (B,V)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device,
+                   dtype=cdf.dtype) * cdf[:, -1:]  # (B,1)
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(1)
+
+
 def _sample(model, queries, query_mask, *, max_new_tokens, temperature, eos_token_id,
-            pad_token_id, generator, return_logprobs, cache, compile_step):
+            pad_token_id, generator, return_logprobs, cache, compile_step, draw):
+    if draw not in ("multinomial", "cdf"):
+        raise ValueError(f"draw must be 'multinomial' or 'cdf', got {draw!r}")
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
     if cache not in ("dynamic", "static"):
@@ -236,7 +255,10 @@ def _sample(model, queries, query_mask, *, max_new_tokens, temperature, eos_toke
             else:
                 scaled = logits / temperature if temperature != 1.0 else logits
                 probs = F.softmax(scaled, dim=-1)
-                tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+                if draw == "cdf":
+                    tok = draw_cdf(probs, generator)  # (B,)
+                else:
+                    tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
                 if return_logprobs:
                     logps.append(scaled.gather(1, tok[:, None]).squeeze(1)
                                  - torch.logsumexp(scaled, dim=-1))  # (B,)

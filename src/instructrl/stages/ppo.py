@@ -153,7 +153,7 @@ def generate(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed: in
                  temperature=c.temperature, eos_token_id=tokenizer.eos_token_id,
                  pad_token_id=tokenizer.pad_token_id, generator=gen,
                  return_logprobs=c.logprobs_from_sampler, cache=c.sampler_cache,
-                 compile_step=c.compile_sampler)
+                 compile_step=c.compile_sampler, draw=c.sampler_draw)
     responses, response_mask = out[:2]
     return Rollout(queries=queries, query_mask=query_mask, responses=responses,
                    response_mask=response_mask,
