@@ -340,16 +340,36 @@ def trl_python(venv: Path) -> Path:
     return py
 
 
-def run_worker(side: str, python: Path, args, models: Path, k: int) -> tuple[dict, float]:
+# A side: (worker kind, instructrl source tree or None, extra --set overrides).
+COMPILED = ["ppo.sampler_cache=static", "ppo.compile_sampler=true"]
+
+
+def sides_of(args) -> dict[str, tuple[str, str | None, list[str]]]:
+    """ours: this checkout with --set; base: another checkout (--baseline-src), defaults;
+    compiled: ours with the static cache and compiled decode step; trl: TRL 0.29."""
+    table = {"ours": ("ours", args.ours_src, list(args.set)),
+             "base": ("ours", args.baseline_src, []),
+             "compiled": ("ours", args.ours_src, list(args.set) + COMPILED),
+             "trl": ("trl", None, [])}
+    names = args.sides.split(",")
+    unknown = [n for n in names if n not in table]
+    if unknown or ("base" in names and not args.baseline_src):
+        raise SystemExit(f"--sides: {unknown or 'base'}: one of {', '.join(table)} "
+                         "(base needs --baseline-src)")
+    return {n: table[n] for n in names}
+
+
+def run_worker(side: str, spec, python: Path, args, models: Path, k: int) -> tuple[dict, float]:
+    kind, src, overrides = spec
     workdir = ROOT / "runs" / "bench-ppo" / args.config / f"{side}-{k}"
     if workdir.exists():
         import shutil
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     result = workdir / "result.json"
-    cmd = [str(python), str(Path(__file__).resolve()), "--worker", side, "--config", args.config,
+    cmd = [str(python), str(Path(__file__).resolve()), "--worker", kind, "--config", args.config,
            "--models", str(models), "--workdir", str(workdir), "--iters", str(args.iters),
-           "--result", str(result)] + [x for s in args.set for x in ("--set", s)]
+           "--result", str(result)] + [x for s in overrides for x in ("--set", s)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.profile and side == "ours":
@@ -358,7 +378,7 @@ def run_worker(side: str, python: Path, args, models: Path, k: int) -> tuple[dic
     threads = SHAPES[args.config]["threads"]
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    env["PYTHONPATH"] = args.ours_src if side == "ours" else ""
+    env["PYTHONPATH"] = src or ""
     env["TOKENIZERS_PARALLELISM"] = "false"
     load = load_average()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -397,7 +417,12 @@ def main() -> int:
     p.add_argument("--config", choices=sorted(SHAPES), default="cpu-tiny")
     p.add_argument("--runs", type=int, default=None, help="pairs of runs (ours, TRL)")
     p.add_argument("--iters", type=int, default=None, help="iterations per run (first dropped)")
-    p.add_argument("--sides", default="ours,trl")
+    p.add_argument("--sides", default="ours,trl",
+                   help="comma-separated, run interleaved in this order: ours, trl, compiled "
+                        "(ours + static cache + compiled decode step), base (--baseline-src)")
+    p.add_argument("--baseline-src", default=None,
+                   help="another checkout's src/ for the 'base' side (`git archive COMMIT src "
+                        "| tar -x -C /tmp/base`, then /tmp/base/src)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: the shape's; BENCH.md's cpu-tiny is 2)")
     p.add_argument("--set", action="append", default=[],
@@ -408,8 +433,7 @@ def main() -> int:
     p.add_argument("--wait", type=float, default=0)
     p.add_argument("--trl-venv", default=str(ROOT / "runs" / "trl-venv"))
     p.add_argument("--ours-src", default=str(ROOT / "src"),
-                   help="the instructrl source tree our side imports (another checkout's src/ "
-                        "measures a baseline: `git archive COMMIT src | tar -x -C /tmp/base`)")
+                   help="the instructrl source tree the ours/compiled sides import")
     # worker mode (internal)
     p.add_argument("--worker", choices=["ours", "trl"])
     p.add_argument("--models")
@@ -426,11 +450,13 @@ def main() -> int:
         return 0
 
     args.runs = args.runs or shape["runs"]
-    sides = args.sides.split(",")
+    specs = sides_of(args)
+    sides = list(specs)
     models = build_shape(args.config, ROOT / "runs" / "bench-ppo" / args.config / "models")
     pythons = {"ours": Path(sys.executable)}
     if "trl" in sides:
         pythons["trl"] = trl_python(Path(args.trl_venv))
+    pythons.update({s: pythons["ours"] for s in sides if s != "trl"})
     deadline = time.time() + args.wait
     while load_average() > args.max_load and time.time() < deadline:
         time.sleep(15)
@@ -438,7 +464,7 @@ def main() -> int:
     loads: dict[str, list[float]] = {s: [] for s in sides}
     for k in range(args.runs):
         for side in sides:  # interleaved: ours, TRL, ours, TRL, ...
-            res, load = run_worker(side, pythons[side], args, models, k)
+            res, load = run_worker(side, specs[side], pythons[side], args, models, k)
             results[side].append(res)
             loads[side].append(load)
             print(f"run {k + 1}/{args.runs} {side}: "
@@ -449,7 +475,11 @@ def main() -> int:
           f"{shape['response']}, batch {shape['batch']} / minibatch {shape['minibatch']} / micro "
           f"{shape['micro']}, {shape['dtype']}, threads {shape['threads'] or 'default'}; "
           f"{args.runs} run(s) x {args.iters} iterations per side, first dropped, medians")
-    print(f"command: {cmd}   our overrides: {args.set or 'none'}; our source: {args.ours_src}")
+    print(f"command: {cmd}")
+    for s in sides:
+        kind, src, overrides = specs[s]
+        if kind == "ours":
+            print(f"  {s}: {src}, overrides: {' '.join(overrides) or 'none'}")
     summary = {s: summarise(results[s], shape) for s in sides}
     cols = ["samples/s", "s/it", "CPU s/it", "1st it s", "gen %", "score %", "train %", "gen tok/s",
             "opt steps/it", "peak RSS GiB"] + (["peak GPU GiB"] if "peak_gpu_gib" in
@@ -467,14 +497,20 @@ def main() -> int:
             vals.append(f"{x['peak_gpu_gib']:.1f}")
         vals.append(f"{min(loads[s]):.2f}-{max(loads[s]):.2f}")
         print(f"{s:6}" + "".join(f"{v:>14}" for v in vals))
-    if {"ours", "trl"} <= set(sides):
-        ratio = summary["ours"]["samples_per_s"] / summary["trl"]["samples_per_s"]
-        print(f"ratio of median samples/s, ours / TRL: {ratio:.2f}   (of CPU seconds per "
-              f"iteration, TRL / ours: {summary['trl']['cpu_s_per_iteration'] / summary['ours']['cpu_s_per_iteration']:.2f}; "
-              "CPU time is what a busy machine does not inflate, with 1 thread)")
-        print(f"optimizer steps per iteration: ours {summary['ours']['optimizer_steps']} (one per "
-              f"minibatch, App. C.4), TRL {summary['trl']['optimizer_steps']} (its "
-              "accelerator.accumulate over gradient_accumulation_steps = batch / micro)")
+    if "trl" in sides:
+        t = summary["trl"]
+        for s in sides:
+            if s != "trl":
+                x = summary[s]
+                print(f"ratio of median samples/s, {s} / TRL: "
+                      f"{x['samples_per_s'] / t['samples_per_s']:.2f}   (CPU seconds per "
+                      f"iteration, TRL / {s}: "
+                      f"{t['cpu_s_per_iteration'] / x['cpu_s_per_iteration']:.2f})")
+        ours = next((summary[s] for s in sides if s != "trl"), None)
+        if ours is not None:
+            print(f"optimizer steps per iteration: ours {ours['optimizer_steps']} (one per "
+                  f"minibatch, App. C.4), TRL {t['optimizer_steps']} (its accelerator."
+                  "accumulate over gradient_accumulation_steps = batch / micro)")
     if args.profile:
         prof = results["ours"][0].get("profile")
         if prof:
