@@ -32,8 +32,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WRAP = ("import resource, sys; from instructrl.cli import main; rc = main(sys.argv[1:]); "
-        "print('__MAXRSS_KB__', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True);"
-        " sys.exit(rc)")
+        "u = resource.getrusage(resource.RUSAGE_SELF); "
+        "print('__MAXRSS_KB__', u.ru_maxrss, u.ru_utime + u.ru_stime, flush=True); "
+        "sys.exit(rc)")
 FULL_SET = ["sft.epochs=1", "ppo.episodes=16", "sources.preferences=[{path: "
             "../shared/data/hh-rlhf-harmless-base-test.jsonl.gz, format: hh, limit: 120}]"]
 
@@ -44,15 +45,19 @@ def stage(name: str, args: list[str], out: Path) -> dict:
     proc = subprocess.run([sys.executable, "-c", WRAP, *args], cwd=ROOT, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     wall = time.time() - t0
-    rss = [int(line.split()[1]) for line in proc.stdout.splitlines()
-           if line.startswith("__MAXRSS_KB__")]
+    marks = [line.split() for line in proc.stdout.splitlines()
+             if line.startswith("__MAXRSS_KB__")]
+    rss = [int(m[1]) for m in marks]
+    cpu = [float(m[2]) for m in marks]
     log = out / "bench-logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(proc.stdout)
     if proc.returncode != 0:
         sys.exit(f"{name} failed (exit {proc.returncode}); its output: {log}\n"
                  + "\n".join(proc.stdout.splitlines()[-15:]))
-    return {"stage": name, "wall_s": wall, "peak_rss_gib": rss[0] / 2**20 if rss else None}
+    # CPU seconds beside wall time: on a shared machine wall time grows with others' load.
+    return {"stage": name, "wall_s": wall, "cpu_s": cpu[0] if cpu else None,
+            "peak_rss_gib": rss[0] / 2**20 if rss else None}
 
 
 def steps(out: Path, name: str) -> int | None:
@@ -83,7 +88,7 @@ def run_variant(label: str, recipe: str, out: Path, overrides: list[str]) -> lis
     for name, args, done in plan:
         if done():
             print(f"[{label}] {name}: done already, reused", flush=True)
-            rows.append({"stage": name, "wall_s": None, "peak_rss_gib": None})
+            rows.append({"stage": name, "wall_s": None, "cpu_s": None, "peak_rss_gib": None})
             continue
         print(f"[{label}] {name} ...", flush=True)
         row = stage(f"{label}-{name.replace(' ', '-')}", args, out)
@@ -142,12 +147,15 @@ def samples(out: Path, recipe: str, overrides: list[str], n: int = 4) -> list[di
 
 def report(label: str, out: Path, rows: list[dict], recipe: str, overrides: list[str]) -> dict:
     print(f"\n== {label}: {out}")
-    print(f"{'stage':<12} {'wall s':>8} {'steps':>6} {'s/step':>7} {'peak GiB':>9}")
+    print(f"load average at the end: {open('/proc/loadavg').read().split()[:3]} "
+          f"(2 cores; above 2, wall time is inflated by other work)")
+    print(f"{'stage':<12} {'wall s':>8} {'cpu s':>8} {'steps':>6} {'s/step':>7} {'peak GiB':>9}")
     for r in rows:
         wall = "reused" if r["wall_s"] is None else f"{r['wall_s']:.0f}"
+        cpu = "" if r.get("cpu_s") is None else f"{r['cpu_s']:.0f}"
         per = (f"{r['wall_s'] / r['steps']:.1f}" if r["wall_s"] and r.get("steps") else "")
         mem = "" if r["peak_rss_gib"] is None else f"{r['peak_rss_gib']:.2f}"
-        print(f"{r['stage']:<12} {wall:>8} {r.get('steps') or '':>6} {per:>7} {mem:>9}")
+        print(f"{r['stage']:<12} {wall:>8} {cpu:>8} {r.get('steps') or '':>6} {per:>7} {mem:>9}")
     total = sum(r["wall_s"] or 0 for r in rows)
     print(f"{'total':<12} {total:>8.0f}")
     acc = heldout_accuracy(out, recipe, overrides)
