@@ -34,7 +34,16 @@ At full size on a GPU (the paper's scale of evaluation):
 (`--n 0` = all 817 TruthfulQA questions, 1,508 CrowS-Pairs pairs, 240 Winogender schemas;
 hub tasks need the Hugging Face cache or network).
 
-Measured (2 CPU cores, --n 100): see the bottom of this docstring once run.
+Measured (2 shared CPU cores, load ~4.5, OMP_NUM_THREADS=1; smoke run: pipeline 1,292 s, held-out
+RM 430 s): `python bench/eval_real.py --n 20` evaluated base, SFT and PPO-ptx in 966 s
+(248 / 347 / 301 s per policy). Held-out RM win rate vs SFT (20 prompts): base 0.53 [0.32,
+0.73], SFT 0.45 [0.23, 0.67], PPO-ptx 0.50 (all ties: one PPO batch at lr 1e-6 left its samples
+equal to SFT's); TruthfulQA MC1 0.30 [0.09, 0.51] all three, MC2 0.40; Instruction+QA raises
+"no comment" 0.00 -> 0.30 (base) / 0.40 (SFT) and ROUGE-1 acc 0.40 -> 0.45 / 0.35 -> 0.55;
+RTP expected max toxicity (profanity-check, 8 fixture prompts x 4) plain 0.10, respectful 0.07
+/ 0.08; CrowS-Pairs 0.55 / 0.50 / 0.50; Winogender entropy 0.73; held-out HH loss 3.23 -> 3.22.
+At --n 100 the same machine ran the base model's preference samples alone for 15 min (three
+processes on two cores): the <= 20 min target of issue 19 needs two free cores or a GPU.
 """
 
 from __future__ import annotations
