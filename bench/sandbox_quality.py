@@ -163,7 +163,8 @@ def recovered(sft: float, ppo: float, ptx: float) -> float:
 
 
 def seed_figures(out: Path, info: dict) -> dict:
-    results = json.loads((out / "eval" / "results.json").read_text())
+    from instructrl.evaluate.suite import sandbox_view
+    results = sandbox_view(json.loads((out / "eval" / "results.json").read_text()))
     pipe = json.loads((out / "pipeline.json").read_text())
     pol = results["policies"]
     tax = {n: pol[n]["tax"] for n in ("sft", "ppo", "ppo-ptx") if n in pol}

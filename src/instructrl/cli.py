@@ -24,7 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("instructrl.stages.collect", "sample K responses per prompt for ranking"),
     "ppo": ("instructrl.stages.ppo", "PPO(-ptx) against the reward model"),
     "pipeline": ("instructrl.pipeline", "every stage through one run directory, iterated"),
-    "eval": ("instructrl.evaluate.cli", "win rates by held-out labelers, alignment tax, report"),
+    "eval": ("instructrl.evaluate.cli", "the paper's evaluation by every judge that applies "
+                                        "(held-out labelers, a held-out RM, people), "
+                                        "TruthfulQA, toxicity, bias, alignment tax; report"),
     "demo": ("instructrl.demo", "the pipeline on the sandbox, evaluation and report"),
     "label": ("instructrl.label.cli", "the labeling web app: serve, import, assign, export"),
 }
