@@ -183,3 +183,22 @@ def test_eval_on_a_sandbox_run_uses_its_judges_and_compare(sandbox_run, real_run
     assert f"== {run}" in out and f"== {real_run}" in out
     page = (run / "eval" / f"compare-{real_run.name}.html").read_text()
     assert str(run) in page and str(real_run) in page and "data:image/png;base64" in page
+
+
+def test_a_run_built_stage_by_stage_is_evaluated_from_its_done_stages(tiny_run, tmp_path):
+    from instructrl.config import load_config
+    from instructrl.errors import InputError
+    from instructrl.evaluate.suite import run_policies
+
+    run = RunDir(tiny_run)
+    cfg = load_config(eval_recipe(tmp_path))
+    with pytest.raises(InputError, match="no finished SFT stage"):
+        run_policies(cfg, run)
+    run.mark_done("sft", init="/models/base")
+    run.mark_done("rm")
+    for stage in ("ppo-ptx", "ppo", "ppo-ptx-r1", "rm-r1"):
+        run.mark_done(stage)
+    policies, summary = run_policies(cfg, run)
+    assert policies == {"base": "/models/base", "sft": str(tiny_run / "sft"),
+                        "ppo-ptx": str(tiny_run / "ppo-ptx-r1"), "ppo": str(tiny_run / "ppo")}
+    assert summary["rm"] == "rm-r1"

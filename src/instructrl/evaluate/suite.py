@@ -36,13 +36,33 @@ BENCHMARKS = ("truthfulqa", "toxicity", "bias", "tax")
 AGAIN = "{name}#2"  # the baseline's second, independent sample (its win rate against itself)
 
 
+def stage_summary(run: RunDir) -> dict | None:
+    """pipeline.json's content for a run built stage by stage (`instructrl sft`, `rm`, `ppo`):
+    the base model SFT started from, SFT, and the last finished round of PPO-ptx and PPO;
+    the last finished RM. None without a finished SFT."""
+    if not run.is_done("sft"):
+        return None
+
+    def last(name: str) -> str | None:
+        names = [name] + [f"{name}-r{i}" for i in range(1, 100)]
+        done = [n for n in names if run.is_done(n)]
+        return done[-1] if done else None
+
+    policies = {"sft": "sft"}
+    for name in ("ppo-ptx", "ppo"):
+        if last(name):
+            policies[name] = last(name)
+    return {"base": run.done_info("sft").get("init"), "policies": policies, "rm": last("rm")}
+
+
 def run_policies(cfg: RunConfig, run: RunDir) -> tuple[dict[str, str], dict]:
     """{name: model spec} to evaluate (the base model first), and pipeline.json."""
     path = run.root / "pipeline.json"
-    if not path.exists():
-        raise InputError("no pipeline.json: run `instructrl pipeline` first (or the pipeline "
-                         "is waiting for people's rankings)", path=str(path))
-    summary = json.loads(path.read_text())
+    summary = json.loads(path.read_text()) if path.exists() else stage_summary(run)
+    if summary is None:
+        raise InputError("no pipeline.json and no finished SFT stage: run `instructrl "
+                         "pipeline` (or the stages) first; a pipeline waiting for people's "
+                         "rankings has not finished", path=str(path))
     found = {}
     if summary.get("base"):
         found["base"] = str(summary["base"])
