@@ -329,3 +329,22 @@ def test_trim_padding_keeps_one_column_for_empty_batches():
     q, qm = torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long)
     r, rm = torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long)
     assert trim_padding(q, qm, r, rm)[2].shape[1] == 1
+
+
+def test_static_cache_is_reused_and_reset_between_calls(tiny):
+    # The second call with the same model and shape reuses the first call's cache tensors
+    # (same addresses: what a CUDA graph needs), reset, and draws what a fresh cache draws.
+    import instructrl.rollout as rollout
+
+    model, tok = tiny
+    q, qm = queries(tok, 4)
+    kw = dict(max_new_tokens=5, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+              cache="static", return_logprobs=True)
+    a = sample(model, q, qm, generator=torch.Generator().manual_seed(9), **kw)
+    cache = rollout._last_static_cache[2]
+    ptr = cache.layers[0].keys.data_ptr()
+    b = sample(model, q, qm, generator=torch.Generator().manual_seed(9), **kw)
+    assert rollout._last_static_cache[2] is cache and cache.layers[0].keys.data_ptr() == ptr
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+    sample(model, q[:2], qm[:2], generator=torch.Generator().manual_seed(9), **kw)
+    assert rollout._last_static_cache[2] is not cache  # another shape: a new cache

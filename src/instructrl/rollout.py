@@ -148,16 +148,30 @@ def compiled_decode_step():
     return _compiled_decode_step
 
 
+_last_static_cache: tuple = (None, None, None)  # (weakref to the model, (B, length), cache)
+
+
 def _static_cache(model, batch: int, length: int):
     """A preallocated KV cache of `length` positions (transformers' StaticCache): each step
     writes one column in place (index_copy_) instead of concatenating a new, longer cache
     tensor per layer, and every step has the same shapes, which is what a compiled step and
-    CUDA graphs need."""
+    CUDA graphs need. The last one is kept and reset for the next call with the same model
+    and shape (PPO samples every iteration), so its tensors keep their addresses: a CUDA
+    graph recorded on them stays valid."""
+    import weakref
+
     from transformers import StaticCache
 
+    global _last_static_cache
+    ref, key, cache = _last_static_cache
+    if ref is not None and ref() is model and key == (batch, length):
+        cache.reset()
+        return cache
     cfg = model.config
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    return StaticCache(config=cfg, max_cache_len=length)
+    cache = StaticCache(config=cfg, max_cache_len=length)
+    _last_static_cache = (weakref.ref(model), (batch, length), cache)
+    return cache
 
 
 def sample(model, queries: torch.Tensor, query_mask: torch.Tensor, *, max_new_tokens: int,
