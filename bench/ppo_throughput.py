@@ -372,7 +372,7 @@ def run_worker(side: str, spec, python: Path, args, models: Path, k: int) -> tup
            "--result", str(result)] + [x for s in overrides for x in ("--set", s)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    if args.profile and side == "ours":
+    if args.profile and kind == "ours":
         cmd.append("--profile")
     env = dict(os.environ)
     threads = SHAPES[args.config]["threads"]
@@ -427,7 +427,8 @@ def main() -> int:
                    help="torch threads (default: the shape's; BENCH.md's cpu-tiny is 2)")
     p.add_argument("--set", action="append", default=[],
                    help="override of our config, e.g. --set ppo.compile_sampler=true")
-    p.add_argument("--profile", action="store_true", help="print a profile of our 3rd iteration")
+    p.add_argument("--profile", action="store_true",
+                   help="print a profile of the 3rd iteration of each of our sides")
     p.add_argument("--max-load", type=float, default=1.5,
                    help="wait (up to --wait s) for the 1-minute load average to fall below this")
     p.add_argument("--wait", type=float, default=0)
@@ -511,10 +512,10 @@ def main() -> int:
             print(f"optimizer steps per iteration: ours {ours['optimizer_steps']} (one per "
                   f"minibatch, App. C.4), TRL {t['optimizer_steps']} (its accelerator."
                   "accumulate over gradient_accumulation_steps = batch / micro)")
-    if args.profile:
-        prof = results["ours"][0].get("profile")
+    for s in sides:
+        prof = results[s][0].get("profile")
         if prof:
-            print("\nprofile of our 3rd iteration (run 1):\n" + prof)
+            print(f"\nprofile of {s}'s 3rd iteration (run 1):\n" + prof)
     return 0
 
 
