@@ -83,6 +83,29 @@ def load_average() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+def cpu_busy(seconds: float = 2.0) -> float:
+    """Busy share of all CPUs over the next `seconds` (from /proc/stat), taken while this
+    driver sleeps between runs: what other processes use. The load average lags by a minute
+    and counts our own previous run; this does not."""
+    def sample():
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return f[3] + f[4], sum(f)  # idle + iowait, total
+    i0, t0 = sample()
+    time.sleep(seconds)
+    i1, t1 = sample()
+    return 1 - (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_for_idle(args, deadline: float) -> float:
+    """Wait (until `deadline`) for other processes to use at most --max-busy of the CPUs;
+    returns their last measured share."""
+    busy = cpu_busy()
+    while busy > args.max_busy and time.time() < deadline:
+        time.sleep(10)
+        busy = cpu_busy()
+    return busy
+
+
 # --------------------------------------------------------------------------- the shape
 def build_shape(name: str, where: Path) -> Path:
     """Tokenizer, policy and reward model of the shape in `where` (once), and the prompt
@@ -359,7 +382,8 @@ def sides_of(args) -> dict[str, tuple[str, str | None, list[str]]]:
     return {n: table[n] for n in names}
 
 
-def run_worker(side: str, spec, python: Path, args, models: Path, k: int) -> tuple[dict, float]:
+def run_worker(side: str, spec, python: Path, args, models: Path, k: int,
+               deadline: float) -> tuple[dict, float, float]:
     kind, src, overrides = spec
     workdir = ROOT / "runs" / "bench-ppo" / args.config / f"{side}-{k}"
     if workdir.exists():
@@ -380,12 +404,13 @@ def run_worker(side: str, spec, python: Path, args, models: Path, k: int) -> tup
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     env["PYTHONPATH"] = src or ""
     env["TOKENIZERS_PARALLELISM"] = "false"
+    busy = wait_for_idle(args, deadline)
     load = load_average()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
         raise SystemExit(f"{side} worker failed (exit {proc.returncode})")
-    return json.loads(result.read_text()), load
+    return json.loads(result.read_text()), load, busy
 
 
 def median(xs):
@@ -429,9 +454,11 @@ def main() -> int:
                    help="override of our config, e.g. --set ppo.compile_sampler=true")
     p.add_argument("--profile", action="store_true",
                    help="print a profile of the 3rd iteration of each of our sides")
-    p.add_argument("--max-load", type=float, default=1.5,
-                   help="wait (up to --wait s) for the 1-minute load average to fall below this")
-    p.add_argument("--wait", type=float, default=0)
+    p.add_argument("--max-busy", type=float, default=0.1,
+                   help="before each run, wait (within --wait s in all) until other processes "
+                        "use at most this share of the CPUs (measured over 2 s)")
+    p.add_argument("--wait", type=float, default=0,
+                   help="seconds the whole bench may spend waiting for an idle machine")
     p.add_argument("--trl-venv", default=str(ROOT / "runs" / "trl-venv"))
     p.add_argument("--ours-src", default=str(ROOT / "src"),
                    help="the instructrl source tree the ours/compiled sides import")
@@ -459,17 +486,19 @@ def main() -> int:
         pythons["trl"] = trl_python(Path(args.trl_venv))
     pythons.update({s: pythons["ours"] for s in sides if s != "trl"})
     deadline = time.time() + args.wait
-    while load_average() > args.max_load and time.time() < deadline:
-        time.sleep(15)
     results: dict[str, list[dict]] = {s: [] for s in sides}
     loads: dict[str, list[float]] = {s: [] for s in sides}
+    others: dict[str, list[float]] = {s: [] for s in sides}
     for k in range(args.runs):
         for side in sides:  # interleaved: ours, TRL, ours, TRL, ...
-            res, load = run_worker(side, specs[side], pythons[side], args, models, k)
+            res, load, busy = run_worker(side, specs[side], pythons[side], args, models, k,
+                                         deadline)
             results[side].append(res)
             loads[side].append(load)
+            others[side].append(busy)
             print(f"run {k + 1}/{args.runs} {side}: "
-                  + " ".join(f"{x:.2f}" for x in res["iteration"]) + f" s/it (load {load:.2f})",
+                  + " ".join(f"{x:.2f}" for x in res["iteration"])
+                  + f" s/it (load {load:.2f}, other processes' CPU {100 * busy:.0f} %)",
                   flush=True)
     cmd = " ".join(["bench/ppo_throughput.py"] + sys.argv[1:])
     print(f"\n{args.config}: {json.dumps(shape['llama'])}, query {shape['query']} / response "
@@ -484,7 +513,8 @@ def main() -> int:
     summary = {s: summarise(results[s], shape) for s in sides}
     cols = ["samples/s", "s/it", "CPU s/it", "1st it s", "gen %", "score %", "train %", "gen tok/s",
             "opt steps/it", "peak RSS GiB"] + (["peak GPU GiB"] if "peak_gpu_gib" in
-                                              summary[sides[0]] else []) + ["load avg"]
+                                              summary[sides[0]] else []) + ["load avg",
+                                                                            "others' CPU %"]
     print(f"{'':6}" + "".join(f"{c:>14}" for c in cols))
     for s in sides:
         x = summary[s]
@@ -497,6 +527,7 @@ def main() -> int:
         if "peak_gpu_gib" in x:
             vals.append(f"{x['peak_gpu_gib']:.1f}")
         vals.append(f"{min(loads[s]):.2f}-{max(loads[s]):.2f}")
+        vals.append(f"{100 * min(others[s]):.0f}-{100 * max(others[s]):.0f}")
         print(f"{s:6}" + "".join(f"{v:>14}" for v in vals))
     if "trl" in sides:
         t = summary["trl"]
