@@ -37,11 +37,45 @@ The gpu-160m and gpu-1b shapes are written to run on a GPU machine (bf16 weights
 frozen models on our side as `model.dtype: auto` does; TRL with `bf16=True`), but were not run
 here: this machine has no GPU.
 
-Figures (each line the command above, on this 2-core AMD EPYC, load average in brackets):
-see the commit message and the issue note of issue 18; the table is printed, never asserted.
+Figures: ../shared/BENCH.md's target for cpu-tiny is ours/TRL >= 2; it is NOT reached. This
+machine is 2 shared cores (AMD EPYC, AVX2) on which other people's jobs run most of the time;
+with 2 threads, a run that shares a core is slowed 3-10x (OpenMP threads wait on each other),
+so every figure is printed with the load and the other processes' CPU share before each run,
+and `--wait` holds each run until the machine is idle.
 
-Profile of ours (`--sides ours --profile`, one steady iteration, top ops by self CPU time):
-filled in below by the person who runs it, with the commit it was taken at.
+  .venv/bin/python bench/ppo_throughput.py --config cpu-tiny --runs 3 --iters 4 --threads 1 \
+      --sides ours,trl,base,compiled --baseline-src /tmp/base/src   # base = commit b403e42
+  (1 thread, load 4.2-6.6 from other jobs; medians of 9 steady iterations per side)
+              samples/s   s/it  CPU s/it  gen %  score %  train %  gen tok/s  peak RSS GiB
+  base           2.37    13.50    13.18     24      31      45       597        1.03
+  ours           2.90    11.05    10.68     25      26      49       727        1.12
+  compiled       3.26     9.81     9.74     22      27      51       967        1.23
+  trl            2.33    13.72    13.50     26      27      48       602        1.25
+  ours / TRL 1.24, compiled / TRL 1.40, base / TRL 1.02 (the issue measured 1.00).
+
+  2 threads, the one idle stretch of the afternoon (load 1.4-1.7, our own run included),
+  one run per side, 3 steady iterations: ours 6.84 s/it, compiled 6.47, TRL 8.24:
+  ours / TRL 1.20, compiled / TRL 1.27.
+
+Why not 2x: after the changes both sides do nearly the same arithmetic. Per sample, in
+matmul FLOPs: generation 1.07 G (both), scoring 2.70 G ours (reference with response-only
+logits, value, reward) vs 2.96 G TRL (full logits), training 5.67 G ours vs 6.46 G TRL
+(policy and value forward + backward; full logits in TRL's): 9.4 G against 10.5 G, 1.11x
+fewer (the old ours: 11.9 G, a policy forward more). `aten::mm` is 56 % of our iteration
+and ran at ~30 GFLOP/s per core on the loaded machine (the MKL sgemm of these 256-wide
+layers); what remains of the rest (decode-loop overhead, sampling,
+attention, elementwise ops) is what the changes removed. 2x would take matmuls twice as
+fast or half as many: neither is in the PPO algorithm's gift on one CPU.
+
+Profile (`--sides base,ours --profile --threads 1`, 3rd iteration, self CPU, loaded machine
+so shares, not seconds, compare). Before (b403e42): aten::mm 58 %, Python/profiler step 6 %,
+SDPA attention 5.5 % (+2.1 % backward), aten::cat 4.7 % (KV-cache appends, RoPE),
+aten::exponential_ 4.0 % (torch.multinomial), aten::mul 3.3 %, copy_ 1.7 %, _log_softmax
+1.4 % (+0.4 % backward; the full (B,T,V) log-softmax of two policy forwards). After (this
+commit, dynamic cache): aten::mm 56 %, cat 6.3 %, SDPA 5.9 % (+2.9 %), mul 5.1 %, the
+reference's response-only unembedding (a bmm) 2.9 %, copy_ 1.6 %, add 1.5 %, silu 1.3 %,
+_fused_adamw_ 0.8 % (four steps), no exponential_ (inverse-CDF draw), no policy forward in
+scoring. With `compiled` the decode step's cat/mul/add/silu are fused by inductor.
 """
 
 from __future__ import annotations
