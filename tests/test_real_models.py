@@ -313,3 +313,18 @@ def test_sandbox_labelers_do_not_judge_other_prompts(tiny_run, make_cfg, tiny_mo
     out = collect.collect(cfg, run, {"sft": tiny_model_dir}, 1)  # auto: left for people
     assert run.done_info(out.name)["labelled_by"] == "nobody yet"
     assert (tiny_run / "data" / "rankings.jsonl").read_text() == before
+
+
+def test_a_resumed_ema_lives_where_its_parameters_do(tiny_model_dir):
+    # A checkpoint is loaded on the CPU in float32; the EMA shadow must follow each parameter
+    # (here to float64 and the meta device, standing in for a GPU) or the first update after
+    # a resume mixes devices (issue 18).
+    model = load_causal_lm(tiny_model_dir)
+    saved = ppo.EMA(model, 0.9).shadow
+    for target in (model.double(), load_causal_lm(tiny_model_dir).to("meta")):
+        ema = ppo.EMA(load_causal_lm(tiny_model_dir), 0.9)
+        ema.load(saved, target)
+        params = dict(target.named_parameters())
+        assert ema.shadow.keys() == params.keys()
+        assert all(ema.shadow[k].device == p.device and ema.shadow[k].dtype == p.dtype
+                   for k, p in params.items())
