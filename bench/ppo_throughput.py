@@ -403,10 +403,14 @@ COMPILED = ["ppo.sampler_cache=static", "ppo.compile_sampler=true"]
 
 def sides_of(args) -> dict[str, tuple[str, str | None, list[str]]]:
     """ours: this checkout with --set; base: another checkout (--baseline-src), defaults;
-    compiled: ours with the static cache and compiled decode step; trl: TRL 0.29."""
+    compiled: ours with the static cache and compiled decode step; parallel: ours with
+    ppo.parallel_models; both: compiled and parallel; trl: TRL 0.29."""
     table = {"ours": ("ours", args.ours_src, list(args.set)),
              "base": ("ours", args.baseline_src, []),
              "compiled": ("ours", args.ours_src, list(args.set) + COMPILED),
+             "parallel": ("ours", args.ours_src, list(args.set) + ["ppo.parallel_models=true"]),
+             "both": ("ours", args.ours_src,
+                      list(args.set) + COMPILED + ["ppo.parallel_models=true"]),
              "trl": ("trl", None, [])}
     names = args.sides.split(",")
     unknown = [n for n in names if n not in table]
@@ -478,7 +482,8 @@ def main() -> int:
     p.add_argument("--iters", type=int, default=None, help="iterations per run (first dropped)")
     p.add_argument("--sides", default="ours,trl",
                    help="comma-separated, run interleaved in this order: ours, trl, compiled "
-                        "(ours + static cache + compiled decode step), base (--baseline-src)")
+                        "(ours + static cache + compiled decode step), parallel (ours + "
+                        "ppo.parallel_models), both, base (--baseline-src)")
     p.add_argument("--baseline-src", default=None,
                    help="another checkout's src/ for the 'base' side (`git archive COMMIT src "
                         "| tar -x -C /tmp/base`, then /tmp/base/src)")

@@ -376,3 +376,29 @@ def test_bf16_autocast_runs_and_keeps_float32_logprobs(tiny_run, make_cfg, tiny_
                   rm=tiny_rm_dir, value=tiny_rm_dir, stage="ppo-bf16", max_iterations=1)
     row = read_metrics(d / "metrics.jsonl")[0]
     assert all(math.isfinite(v) for v in row.values())
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_parallel_models_train_as_the_sequential_path(tiny_run, make_cfg, tiny_model_dir,
+                                                      tiny_rm_dir, lora):
+    # ppo.parallel_models runs the policy's and the value's training forward/backward (and
+    # the halves of each scoring chunk) on two threads: the same iteration, to rounding.
+    out = {}
+    threads = torch.get_num_threads()
+    for par in ("true", "false"):
+        cfg = make_cfg("ppo.episodes=32", "ppo.batch_size=16", f"ppo.parallel_models={par}",
+                       *(LORA if lora else ()))
+        d = ppo.train(cfg, RunDir(tiny_run), init=tiny_model_dir, ref=tiny_model_dir,
+                      rm=tiny_rm_dir, value=tiny_rm_dir, stage=f"ppo-par-{par}",
+                      max_iterations=1)
+        out[par] = (torch.load(d / "checkpoint" / "state.pt", weights_only=False),
+                    read_metrics(d / "metrics.jsonl")[0])
+        assert torch.get_num_threads() == threads  # restored after the parallel parts
+    (a, row_a), (b, row_b) = out["true"], out["false"]
+    for part in ("policy", "value"):
+        for k in a[part]:
+            torch.testing.assert_close(a[part][k], b[part][k], atol=1e-5, rtol=0,
+                                       msg=f"{part}.{k}")
+    for k, v in row_a.items():
+        if not k.startswith("time/"):
+            assert v == pytest.approx(row_b[k], abs=1e-4, rel=1e-4), k

@@ -171,18 +171,28 @@ def score(m: Models, tokenizer, prompts: list[Prompt], r: Rollout, c: PPOConfig,
     B = r.queries.shape[0]
     order = torch.argsort(r.query_mask.sum(1) + r.response_mask.sum(1))  # (B,)
     unsort = torch.argsort(order)
-    logprobs, ref_logprobs, values, scores = [], [], [], []
-    with torch.inference_mode():
-        for s in chunks(B, c.score_batch_size):
-            rows = order[s]
+    parallel = c.parallel_models and r.queries.device.type == "cpu"
+
+    def score_rows(rows):
+        with torch.inference_mode():
             args = (r.queries[rows], r.query_mask[rows], r.responses[rows],
                     r.response_mask[rows])
-            if r.logprobs is None:
-                logprobs.append(response_logprobs(m.policy, *args, c.temperature))
-            ref_logprobs.append(response_logprobs(m.ref, *args, c.temperature))
-            values.append(response_values(m.value, *args))
-            if reward_fn is None:
-                scores.append(response_scores(m.rm, *args))
+            return (None if r.logprobs is not None
+                    else response_logprobs(m.policy, *args, c.temperature),
+                    response_logprobs(m.ref, *args, c.temperature),
+                    response_values(m.value, *args),
+                    None if reward_fn is not None else response_scores(m.rm, *args))
+
+    parts = []
+    for s in chunks(B, c.score_batch_size):
+        rows = order[s]
+        if parallel and len(rows) > 1:
+            half = (len(rows) + 1) // 2  # two halves side by side, kept in row order
+            parts += _run_parts([lambda: score_rows(rows[:half]),
+                                 lambda: score_rows(rows[half:])], True)
+        else:
+            parts.append(score_rows(rows))
+    logprobs, ref_logprobs, values, scores = zip(*parts)
     # (torch.cat outside inference mode returns ordinary tensors)
     if reward_fn is None:
         score = torch.cat(scores)[unsort]
@@ -226,18 +236,32 @@ def train_minibatch(m: Models, r: Rollout, adv, returns, idx, c: PPOConfig, ptx_
         mask = r.response_mask[mi]
         w = float(mask.sum()) / n_tok
         args = (r.queries[mi], r.query_mask[mi], r.responses[mi], mask)
-        logp, entropy = response_logprobs(m.policy, *args, c.temperature, return_entropy=True)
-        pg, pstats = ppo_policy_loss(logp, r.logprobs[mi], adv[mi], mask, c.cliprange)
-        v = response_values(m.value, *args)
-        vf, vstats = value_loss(v, r.values[mi], returns[mi], mask, c.cliprange_value)
-        # Not a mean, so not accumulated: a micro-batch's own variance ratio depends on the
-        # micro-batch size (0/0 for one 1-token response); `train` reports the batch's.
-        vstats.pop("val/var_explained")
-        loss = pg + c.vf_coef * vf
-        if not torch.isfinite(loss):
-            raise NonFiniteError("PPO loss")
-        (loss * w).backward()
-        add({**pstats, **vstats, "objective/entropy": masked_mean(entropy.detach(), mask)}, w)
+
+        # The loss pg + vf_coef * vf has two disjoint graphs (policy, value): each part
+        # backpropagates its own term, which is the gradient of the sum.
+        def policy_part():
+            logp, entropy = response_logprobs(m.policy, *args, c.temperature,
+                                              return_entropy=True)
+            pg, pstats = ppo_policy_loss(logp, r.logprobs[mi], adv[mi], mask, c.cliprange)
+            if not torch.isfinite(pg):
+                raise NonFiniteError("PPO loss")
+            (pg * w).backward()
+            return {**pstats, "objective/entropy": masked_mean(entropy, mask)}
+
+        def value_part():
+            v = response_values(m.value, *args)
+            vf, vstats = value_loss(v, r.values[mi], returns[mi], mask, c.cliprange_value)
+            # Not a mean, so not accumulated: a micro-batch's own variance ratio depends on
+            # the micro-batch size (0/0 for one 1-token response); `train` reports the batch's.
+            vstats.pop("val/var_explained")
+            if not torch.isfinite(vf):
+                raise NonFiniteError("PPO loss")
+            (c.vf_coef * vf * w).backward()
+            return vstats
+
+        parallel = c.parallel_models and r.queries.device.type == "cpu"
+        for part in _run_parts([policy_part, value_part], parallel):
+            add(part, w)
     if ptx_seqs:
         ids, mask, tgt, _ = collate(ptx_seqs, pad_id)
         n_ptx = float(tgt[:, 1:].sum())
@@ -435,6 +459,35 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
                   ptx_coef=c.ptx_coef, lora=lora_enabled(cfg.lora, "ppo"))
     ckpt.remove()
     return out
+
+
+_pool = None
+
+
+def _run_parts(parts: list[Callable], parallel: bool) -> list:
+    """Run independent closures one after the other, or (`ppo.parallel_models`, CPU) each on
+    its own Python thread with single-threaded ops. On a few cores, two single-threaded
+    streams of matmuls can keep the cores busier than one stream split across them
+    (OpenMP's fork/join and load imbalance on 256-wide matrices); ops release the GIL while
+    they run. Grad mode, inference mode and autocast are per thread: the closures set what
+    they need."""
+    global _pool
+    if not parallel:
+        return [f() for f in parts]
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _pool = ThreadPoolExecutor(2, thread_name_prefix="ppo-part")
+
+    def single_threaded(f):
+        torch.set_num_threads(1)  # this thread's OpenMP team, and MKL's (process-wide)
+        return f()
+
+    main_threads = torch.get_num_threads()
+    try:
+        futures = [_pool.submit(single_threaded, f) for f in parts]
+        return [f.result() for f in futures]
+    finally:
+        torch.set_num_threads(main_threads)
 
 
 def _now(device) -> float:
