@@ -399,18 +399,18 @@ def trl_python(venv: Path) -> Path:
 
 # A side: (worker kind, instructrl source tree or None, extra --set overrides).
 COMPILED = ["ppo.sampler_cache=static", "ppo.compile_sampler=true"]
+PARALLEL = ["ppo.parallel_scoring=true"]
 
 
 def sides_of(args) -> dict[str, tuple[str, str | None, list[str]]]:
     """ours: this checkout with --set; base: another checkout (--baseline-src), defaults;
     compiled: ours with the static cache and compiled decode step; parallel: ours with
-    ppo.parallel_models; both: compiled and parallel; trl: TRL 0.29."""
+    ppo.parallel_scoring; both: compiled and parallel; trl: TRL 0.29."""
     table = {"ours": ("ours", args.ours_src, list(args.set)),
              "base": ("ours", args.baseline_src, []),
              "compiled": ("ours", args.ours_src, list(args.set) + COMPILED),
-             "parallel": ("ours", args.ours_src, list(args.set) + ["ppo.parallel_models=true"]),
-             "both": ("ours", args.ours_src,
-                      list(args.set) + COMPILED + ["ppo.parallel_models=true"]),
+             "parallel": ("ours", args.ours_src, list(args.set) + PARALLEL),
+             "both": ("ours", args.ours_src, list(args.set) + COMPILED + PARALLEL),
              "trl": ("trl", None, [])}
     names = args.sides.split(",")
     unknown = [n for n in names if n not in table]
@@ -483,7 +483,7 @@ def main() -> int:
     p.add_argument("--sides", default="ours,trl",
                    help="comma-separated, run interleaved in this order: ours, trl, compiled "
                         "(ours + static cache + compiled decode step), parallel (ours + "
-                        "ppo.parallel_models), both, base (--baseline-src)")
+                        "ppo.parallel_scoring), both, base (--baseline-src)")
     p.add_argument("--baseline-src", default=None,
                    help="another checkout's src/ for the 'base' side (`git archive COMMIT src "
                         "| tar -x -C /tmp/base`, then /tmp/base/src)")

@@ -379,14 +379,14 @@ def test_bf16_autocast_runs_and_keeps_float32_logprobs(tiny_run, make_cfg, tiny_
 
 
 @pytest.mark.parametrize("lora", [False, True])
-def test_parallel_models_train_as_the_sequential_path(tiny_run, make_cfg, tiny_model_dir,
-                                                      tiny_rm_dir, lora):
-    # ppo.parallel_models runs the policy's and the value's training forward/backward (and
-    # the halves of each scoring chunk) on two threads: the same iteration, to rounding.
+def test_parallel_scoring_trains_as_the_sequential_path(tiny_run, make_cfg, tiny_model_dir,
+                                                        tiny_rm_dir, lora):
+    # ppo.parallel_scoring scores the halves of each scoring chunk on two threads: the same
+    # iteration, to rounding.
     out = {}
     threads = torch.get_num_threads()
     for par in ("true", "false"):
-        cfg = make_cfg("ppo.episodes=32", "ppo.batch_size=16", f"ppo.parallel_models={par}",
+        cfg = make_cfg("ppo.episodes=32", "ppo.batch_size=16", f"ppo.parallel_scoring={par}",
                        *(LORA if lora else ()))
         d = ppo.train(cfg, RunDir(tiny_run), init=tiny_model_dir, ref=tiny_model_dir,
                       rm=tiny_rm_dir, value=tiny_rm_dir, stage=f"ppo-par-{par}",

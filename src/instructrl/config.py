@@ -281,11 +281,10 @@ class PPOConfig:
     float32). auto: bf16 autocast on a GPU with bf16, none on a CPU (bf16 is ~4x slower on
     the CPUs measured). Under bf16 the sampler's log-probs and the training forward's agree
     to bf16 rounding only, as with any sampler that is not the training forward (TRL's)."""
-    parallel_models: bool = False
-    """CPU: run the policy's and the value function's training forward/backward, and the two
-    halves of each scoring chunk, side by side on two Python threads with single-threaded
-    ops, instead of one after the other with multi-threaded ops (a few cores stay busier
-    with two streams of small matmuls). Off on a GPU, where it would only add threads."""
+    parallel_scoring: bool = False
+    """CPU: score the two halves of each scoring chunk side by side on two Python threads
+    with single-threaded ops, instead of one after the other with multi-threaded ops (two
+    cores stay busier with two streams of small matmuls). Ignored on a GPU."""
     fused_adamw: bool = True
     """AdamW's fused kernel (`fused=True`: one kernel over all parameters instead of a dozen
     per tensor; CPU and CUDA in torch >= 2.4); False: torch's default (foreach)."""
