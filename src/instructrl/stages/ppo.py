@@ -42,8 +42,10 @@ differs from TRL's, it is said here so curves are compared knowingly:
 
 Speed (issue 18; bench/ppo_throughput.py measures it against TRL): only the work PPO needs
 (no policy forward over the rollout, logits for response positions only, entropy without
-gradients, scoring in large length-sorted chunks), fused AdamW and a multi-tensor EMA, and
-optionally a static KV cache with a compiled decode step; each behind a `ppo.*` switch.
+gradients, scoring in large length-sorted chunks, sampling and scoring without autograd
+bookkeeping, an inverse-CDF token draw), fused AdamW and a multi-tensor EMA, bf16 autocast on
+a GPU; optionally a static KV cache with a compiled decode step, and on a CPU scoring on two
+threads. Each behind a `ppo.*` switch, each tested against the path it replaces.
 """
 
 from __future__ import annotations
