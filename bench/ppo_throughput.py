@@ -53,9 +53,20 @@ and `--wait` holds each run until the machine is idle.
   trl            2.33    13.72    13.50     26      27      48       602        1.25
   ours / TRL 1.24, compiled / TRL 1.40, base / TRL 1.02 (the issue measured 1.00).
 
-  2 threads, the one idle stretch of the afternoon (load 1.4-1.7, our own run included),
-  one run per side, 3 steady iterations: ours 6.84 s/it, compiled 6.47, TRL 8.24:
-  ours / TRL 1.20, compiled / TRL 1.27.
+  .venv/bin/python bench/ppo_throughput.py --config cpu-tiny --runs 2 --iters 4 \
+      --sides ours,parallel,trl,both --wait 900      # at commit f0c91b0
+  (2 threads, idle: other processes' CPU 0-1 % before every run; 6 steady iterations each)
+              samples/s   s/it  CPU s/it  gen %  score %  train %  gen tok/s  peak RSS GiB
+  ours           4.49     7.13    14.09     29      27      44       990        1.07
+  parallel*      4.17     7.68    13.97     30      20      50       921        1.29
+  both*          4.62     6.93    12.60     25      25      49     1,167        1.26
+  trl            2.94    10.89    20.30     32      25      43       628        1.25
+  ours / TRL 1.53, both / TRL 1.57. (*) that commit also ran the policy's and the value's
+  training parts side by side: scoring 27 -> 20 % but training 44 -> 50 %, so only the
+  scoring half stayed (ppo.parallel_scoring). Earlier idle stretches gave ours / TRL 1.20 and
+  1.39, base / TRL 1.22: between rounds TRL itself moved from 8.2 to 10.9 s/it, so the
+  ratios, taken within a round, are the figures to read; ../shared/BENCH.md's 4.08 s/it for
+  TRL came from a faster machine than today's.
 
 Why not 2x: after the changes both sides do nearly the same arithmetic. Per sample, in
 matmul FLOPs: generation 1.07 G (both), scoring 2.70 G ours (reference with response-only
