@@ -37,36 +37,33 @@ The gpu-160m and gpu-1b shapes are written to run on a GPU machine (bf16 weights
 frozen models on our side as `model.dtype: auto` does; TRL with `bf16=True`), but were not run
 here: this machine has no GPU.
 
-Figures: ../shared/BENCH.md's target for cpu-tiny is ours/TRL >= 2; it is NOT reached. This
-machine is 2 shared cores (AMD EPYC, AVX2) on which other people's jobs run most of the time;
-with 2 threads, a run that shares a core is slowed 3-10x (OpenMP threads wait on each other),
-so every figure is printed with the load and the other processes' CPU share before each run,
-and `--wait` holds each run until the machine is idle.
+Figures: ../shared/BENCH.md's target for cpu-tiny is ours/TRL >= 2; it is NOT reached (1.28
+with the defaults, 1.50 with the two CPU switches). This machine is 2 shared cores (AMD EPYC,
+AVX2) on which other people's jobs run most of the time; with 2 threads a run that shares a
+core is slowed 3-10x (OpenMP threads wait on each other), so every run is printed with the
+load and the other processes' CPU share just before it, and `--wait` holds each run until
+the machine is idle.
 
-  .venv/bin/python bench/ppo_throughput.py --config cpu-tiny --runs 3 --iters 4 --threads 1 \
-      --sides ours,trl,base,compiled --baseline-src /tmp/base/src   # base = commit b403e42
-  (1 thread, load 4.2-6.6 from other jobs; medians of 9 steady iterations per side)
-              samples/s   s/it  CPU s/it  gen %  score %  train %  gen tok/s  peak RSS GiB
-  base           2.37    13.50    13.18     24      31      45       597        1.03
-  ours           2.90    11.05    10.68     25      26      49       727        1.12
-  compiled       3.26     9.81     9.74     22      27      51       967        1.23
-  trl            2.33    13.72    13.50     26      27      48       602        1.25
-  ours / TRL 1.24, compiled / TRL 1.40, base / TRL 1.02 (the issue measured 1.00).
+  .venv/bin/python bench/ppo_throughput.py --config cpu-tiny --runs 3 --iters 4 \
+      --sides ours,trl,parallel,both,base --baseline-src /tmp/base/src --wait 1800
+  (base = `git archive b403e42 src | tar -x -C /tmp/base`, the code before issue 18; at commit
+  899d759; 2 threads, idle: other processes' CPU 0-1 % before every run, load 1.5-1.7 = our
+  own run; medians of 9 steady iterations per side)
+              samples/s   s/it  CPU s/it  1st it s  gen %  score %  train %  gen tok/s  RSS GiB
+  ours           4.63     6.91    13.68     13.6     28      27       45      1,082     1.02
+  trl            3.61     8.87    16.62      9.4     31      25       43        767     1.25
+  parallel       4.86     6.58    12.93     13.8     30      22       48      1,055     1.19
+  both           5.40     5.93    11.65     20.7     27      24       50      1,276     1.26
+  base           3.95     8.10    16.04     13.4     29      27       45        893     1.00
+  samples/s vs TRL: ours 1.28, parallel (ppo.parallel_scoring) 1.35, both (parallel and the
+  static cache + compiled decode step; its 1st iteration pays the compilation) 1.50, base
+  1.10 (the issue measured 1.00). ours vs base 1.17x, both vs base 1.37x. Optimizer steps per
+  iteration: ours 4, TRL 1 (see above). Between rounds TRL itself ran at 8.2-10.9 s/it, so
+  read ratios within one round; ../shared/BENCH.md's 4.08 s/it for TRL came from a faster
+  machine than today's.
 
-  .venv/bin/python bench/ppo_throughput.py --config cpu-tiny --runs 2 --iters 4 \
-      --sides ours,parallel,trl,both --wait 900      # at commit f0c91b0
-  (2 threads, idle: other processes' CPU 0-1 % before every run; 6 steady iterations each)
-              samples/s   s/it  CPU s/it  gen %  score %  train %  gen tok/s  peak RSS GiB
-  ours           4.49     7.13    14.09     29      27      44       990        1.07
-  parallel*      4.17     7.68    13.97     30      20      50       921        1.29
-  both*          4.62     6.93    12.60     25      25      49     1,167        1.26
-  trl            2.94    10.89    20.30     32      25      43       628        1.25
-  ours / TRL 1.53, both / TRL 1.57. (*) that commit also ran the policy's and the value's
-  training parts side by side: scoring 27 -> 20 % but training 44 -> 50 %, so only the
-  scoring half stayed (ppo.parallel_scoring). Earlier idle stretches gave ours / TRL 1.20 and
-  1.39, base / TRL 1.22: between rounds TRL itself moved from 8.2 to 10.9 s/it, so the
-  ratios, taken within a round, are the figures to read; ../shared/BENCH.md's 4.08 s/it for
-  TRL came from a faster machine than today's.
+  The same with --threads 1 on the loaded machine (load 4.2-6.6), sides ours,trl,base,compiled:
+  ours / TRL 1.24, compiled / TRL 1.40, base / TRL 1.02.
 
 Why not 2x: after the changes both sides do nearly the same arithmetic. Per sample, in
 matmul FLOPs: generation 1.07 G (both), scoring 2.70 G ours (reference with response-only
@@ -82,8 +79,8 @@ Profile (`--sides base,ours --profile --threads 1`, 3rd iteration, self CPU, loa
 so shares, not seconds, compare). Before (b403e42): aten::mm 58 %, Python/profiler step 6 %,
 SDPA attention 5.5 % (+2.1 % backward), aten::cat 4.7 % (KV-cache appends, RoPE),
 aten::exponential_ 4.0 % (torch.multinomial), aten::mul 3.3 %, copy_ 1.7 %, _log_softmax
-1.4 % (+0.4 % backward; the full (B,T,V) log-softmax of two policy forwards). After (this
-commit, dynamic cache): aten::mm 56 %, cat 6.3 %, SDPA 5.9 % (+2.9 %), mul 5.1 %, the
+1.4 % (+0.4 % backward; the full (B,T,V) log-softmax of two policy forwards). After
+(f779ba7, dynamic cache, defaults): aten::mm 56 %, cat 6.3 %, SDPA 5.9 % (+2.9 %), mul 5.1 %, the
 reference's response-only unembedding (a bmm) 2.9 %, copy_ 1.6 %, add 1.5 %, silu 1.3 %,
 _fused_adamw_ 0.8 % (four steps), no exponential_ (inverse-CDF draw), no policy forward in
 scoring. With `compiled` the decode step's cat/mul/add/silu are fused by inductor.

@@ -385,15 +385,25 @@ def test_parallel_scoring_trains_as_the_sequential_path(tiny_run, make_cfg, tiny
     # iteration, to rounding.
     out = {}
     threads = torch.get_num_threads()
-    for par in ("true", "false"):
-        cfg = make_cfg("ppo.episodes=32", "ppo.batch_size=16", f"ppo.parallel_scoring={par}",
-                       *(LORA if lora else ()))
-        d = ppo.train(cfg, RunDir(tiny_run), init=tiny_model_dir, ref=tiny_model_dir,
-                      rm=tiny_rm_dir, value=tiny_rm_dir, stage=f"ppo-par-{par}",
-                      max_iterations=1)
-        out[par] = (torch.load(d / "checkpoint" / "state.pt", weights_only=False),
-                    read_metrics(d / "metrics.jsonl")[0])
-        assert torch.get_num_threads() == threads  # restored after the parallel parts
+    torch.set_num_threads(2)  # the parallel path needs 2+ threads (tests run with 1)
+    seen = []
+    real = ppo._run_parts
+    ppo_run_parts = lambda parts, parallel: (seen.append(parallel), real(parts, parallel))[1]
+    ppo._run_parts = ppo_run_parts
+    try:
+        for par in ("true", "false"):
+            cfg = make_cfg("ppo.episodes=32", "ppo.batch_size=16",
+                           f"ppo.parallel_scoring={par}", *(LORA if lora else ()))
+            d = ppo.train(cfg, RunDir(tiny_run), init=tiny_model_dir, ref=tiny_model_dir,
+                          rm=tiny_rm_dir, value=tiny_rm_dir, stage=f"ppo-par-{par}",
+                          max_iterations=1)
+            out[par] = (torch.load(d / "checkpoint" / "state.pt", weights_only=False),
+                        read_metrics(d / "metrics.jsonl")[0])
+            assert torch.get_num_threads() == 2  # restored after the parallel parts
+    finally:
+        ppo._run_parts = real
+        torch.set_num_threads(threads)
+    assert True in seen  # the parallel path did run
     (a, row_a), (b, row_b) = out["true"], out["false"]
     for part in ("policy", "value"):
         for k in a[part]:

@@ -284,7 +284,8 @@ class PPOConfig:
     parallel_scoring: bool = False
     """CPU: score the two halves of each scoring chunk side by side on two Python threads
     with single-threaded ops, instead of one after the other with multi-threaded ops (two
-    cores stay busier with two streams of small matmuls). Ignored on a GPU."""
+    cores stay busier with two streams of small matmuls). For 2-4 cores (it uses two); ignored
+    on a GPU and when torch has fewer than 2 threads."""
     fused_adamw: bool = True
     """AdamW's fused kernel (`fused=True`: one kernel over all parameters instead of a dozen
     per tensor; CPU and CUDA in torch >= 2.4); False: torch's default (foreach)."""

@@ -173,7 +173,10 @@ def score(m: Models, tokenizer, prompts: list[Prompt], r: Rollout, c: PPOConfig,
     B = r.queries.shape[0]
     order = torch.argsort(r.query_mask.sum(1) + r.response_mask.sum(1))  # (B,)
     unsort = torch.argsort(order)
-    parallel = c.parallel_scoring and r.queries.device.type == "cpu"
+    # Two single-threaded streams only where the process was given 2+ threads (never more
+    # CPU than torch.set_num_threads / OMP_NUM_THREADS allow).
+    parallel = (c.parallel_scoring and r.queries.device.type == "cpu"
+                and torch.get_num_threads() >= 2)
 
     def score_rows(rows):
         with torch.inference_mode():
