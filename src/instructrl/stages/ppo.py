@@ -241,33 +241,21 @@ def train_minibatch(m: Models, r: Rollout, adv, returns, idx, c: PPOConfig, ptx_
         mask = r.response_mask[mi]
         w = float(mask.sum()) / n_tok
         args = (r.queries[mi], r.query_mask[mi], r.responses[mi], mask)
-
-        # The loss pg + vf_coef * vf has two disjoint graphs (policy, value): each part
-        # backpropagates its own term, which is the gradient of the sum.
-        def policy_part():
-            logp, entropy = response_logprobs(m.policy, *args, c.temperature,
-                                              return_entropy=True)
-            pg, pstats = ppo_policy_loss(logp, r.logprobs[mi], adv[mi], mask, c.cliprange)
-            if not torch.isfinite(pg):
-                raise NonFiniteError("PPO loss")
-            (pg * w).backward()
-            return {**pstats, "objective/entropy": masked_mean(entropy, mask)}
-
-        def value_part():
-            v = response_values(m.value, *args)
-            vf, vstats = value_loss(v, r.values[mi], returns[mi], mask, c.cliprange_value)
-            # Not a mean, so not accumulated: a micro-batch's own variance ratio depends on
-            # the micro-batch size (0/0 for one 1-token response); `train` reports the batch's.
-            vstats.pop("val/var_explained")
-            if not torch.isfinite(vf):
-                raise NonFiniteError("PPO loss")
-            (c.vf_coef * vf * w).backward()
-            return vstats
-
-        # (Side by side on two threads these two parts were slower, measured: the policy's
-        # part is ~1.3x the value's, and they contend for the GIL; see ppo.parallel_scoring.)
-        for part in (policy_part(), value_part()):
-            add(part, w)
+        logp, entropy = response_logprobs(m.policy, *args, c.temperature, return_entropy=True)
+        pg, pstats = ppo_policy_loss(logp, r.logprobs[mi], adv[mi], mask, c.cliprange)
+        v = response_values(m.value, *args)
+        vf, vstats = value_loss(v, r.values[mi], returns[mi], mask, c.cliprange_value)
+        # Not a mean, so not accumulated: a micro-batch's own variance ratio depends on the
+        # micro-batch size (0/0 for one 1-token response); `train` reports the batch's.
+        vstats.pop("val/var_explained")
+        loss = pg + c.vf_coef * vf
+        if not torch.isfinite(loss):
+            raise NonFiniteError("PPO loss")
+        (loss * w).backward()
+        # (The policy's and the value's parts side by side on two threads were slower,
+        # measured: the policy's is ~1.3x the value's and they contend for the GIL. Only
+        # scoring runs so, ppo.parallel_scoring.)
+        add({**pstats, **vstats, "objective/entropy": masked_mean(entropy, mask)}, w)
     if ptx_seqs:
         ids, mask, tgt, _ = collate(ptx_seqs, pad_id)
         n_ptx = float(tgt[:, 1:].sum())
