@@ -91,7 +91,7 @@ def run_variant(label: str, recipe: str, out: Path, overrides: list[str]) -> lis
             rows.append({"stage": name, "wall_s": None, "cpu_s": None, "peak_rss_gib": None})
             continue
         print(f"[{label}] {name} ...", flush=True)
-        row = stage(f"{label}-{name.replace(' ', '-')}", args, out)
+        row = {**stage(f"{label}-{name.replace(' ', '-')}", args, out), "stage": name}
         print(f"[{label}] {name}: {row['wall_s']:.0f} s, peak {row['peak_rss_gib']:.2f} GiB",
               flush=True)
         rows.append(row)
@@ -183,6 +183,8 @@ def main() -> int:
                    help=f"overrides of the run without LoRA (default: {FULL_SET})")
     p.add_argument("--samples", type=int, default=4, help="test prompts to show responses for")
     args = p.parse_args()
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # (loading bars between the figures)
     work = ROOT / args.work
     variants = []
     if args.lora in ("both", "on"):

@@ -133,3 +133,20 @@ def make_cfg(tiny_run):
     def make(*overrides: str):
         return load_config(tiny_run.parent / "recipe.yaml", list(overrides))
     return make
+
+
+@pytest.fixture
+def ppo_models_loaded(monkeypatch) -> list:
+    """The `Models` each `ppo.train` of the test loads, appended as they are loaded (to look
+    inside the trained policy and value afterwards)."""
+    from instructrl.stages import ppo
+
+    loaded = []
+    real_load = ppo.load_models
+
+    def capture(*args, **kwargs):
+        loaded.append(real_load(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(ppo, "load_models", capture)
+    return loaded

@@ -133,15 +133,8 @@ def test_reward_fn_replaces_the_reward_model_score(tiny_run, make_cfg, tiny_mode
 
 def test_ppo_iterations_train_policy_and_value_not_reference(tiny_run, make_cfg,
                                                              tiny_model_dir, tiny_rm_dir,
-                                                             monkeypatch):
-    loaded = []
-    real_load = ppo.load_models
-
-    def capture(*args, **kwargs):
-        loaded.append(real_load(*args, **kwargs))
-        return loaded[-1]
-
-    monkeypatch.setattr(ppo, "load_models", capture)
+                                                             ppo_models_loaded):
+    loaded = ppo_models_loaded
     cfg = make_cfg("ppo.episodes=32")  # 2 iterations of 2 minibatches
     out = run_ppo(cfg, tiny_run, tiny_model_dir, tiny_rm_dir)
     (m,) = loaded

@@ -29,6 +29,20 @@ from instructrl.templates import encode_prompt
 LORA = ("lora.r=4", "lora.alpha=8", "lora.dropout=0.0")
 
 
+
+def same_iteration(a: tuple[dict, dict], b: tuple[dict, dict], parts: tuple[str, ...]) -> None:
+    """Two runs' (checkpoint, first metrics row) agree: the weights of `parts` and every
+    metric but the timings."""
+    (state_a, row_a), (state_b, row_b) = a, b
+    for part in parts:
+        assert state_a[part].keys() == state_b[part].keys()
+        for k in state_a[part]:
+            torch.testing.assert_close(state_a[part][k], state_b[part][k], atol=1e-5, rtol=0,
+                                       msg=f"{part}.{k}")
+    for k, v in row_a.items():
+        if not k.startswith("time/"):
+            assert v == pytest.approx(row_b[k], abs=1e-4, rel=1e-4), k
+
 def queries(tok, n=8):
     texts = ["what does the zorp eat", "where is the blip", "the red fish lives in caves",
              "is a zorp blue", "yes", "what lives in caves the zorp or the blip", "no no",
@@ -301,17 +315,9 @@ def test_an_iteration_with_every_speed_switch_equals_the_plain_one(
                       max_iterations=1)
         out[name] = (torch.load(d / "checkpoint" / "state.pt", weights_only=False),
                      read_metrics(d / "metrics.jsonl")[0])
-    (a, row_a), (b, row_b) = out["fast"], out["slow"]
-    for part in ("policy", "value", "ema"):
-        assert a[part].keys() == b[part].keys()
-        for k in a[part]:
-            torch.testing.assert_close(a[part][k], b[part][k], atol=1e-5, rtol=0,
-                                       msg=f"{part}.{k}")
-    for k, v in row_a.items():
-        if not k.startswith("time/"):
-            assert v == pytest.approx(row_b[k], abs=1e-4, rel=1e-4), k
+    same_iteration(out["fast"], out["slow"], ("policy", "value", "ema"))
     for k in ("time/generation", "time/scoring", "time/training"):
-        assert row_a[k] >= 0 and row_b[k] >= 0
+        assert out["fast"][1][k] >= 0 and out["slow"][1][k] >= 0
 
 
 def test_speed_switches_are_validated():
@@ -404,11 +410,4 @@ def test_parallel_scoring_trains_as_the_sequential_path(tiny_run, make_cfg, tiny
         ppo._run_parts = real
         torch.set_num_threads(threads)
     assert True in seen  # the parallel path did run
-    (a, row_a), (b, row_b) = out["true"], out["false"]
-    for part in ("policy", "value"):
-        for k in a[part]:
-            torch.testing.assert_close(a[part][k], b[part][k], atol=1e-5, rtol=0,
-                                       msg=f"{part}.{k}")
-    for k, v in row_a.items():
-        if not k.startswith("time/"):
-            assert v == pytest.approx(row_b[k], abs=1e-4, rel=1e-4), k
+    same_iteration(out["true"], out["false"], ("policy", "value"))

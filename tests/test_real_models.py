@@ -126,7 +126,7 @@ def test_lora_rm_trains_adapter_and_head_only(tiny_model_dir, tiny_run, make_cfg
 
 
 def test_lora_ppo_reference_is_the_sft_model_and_only_adapters_move(
-        tiny_model_dir, tiny_rm_dir, tiny_run, make_cfg, monkeypatch):
+        tiny_model_dir, tiny_rm_dir, tiny_run, make_cfg, ppo_models_loaded):
     cfg = make_cfg("ppo.episodes=32", *LORA)
     m = ppo.load_models(cfg, tiny_model_dir, tiny_model_dir, tiny_rm_dir, tiny_rm_dir,
                         torch.device("cpu"))
@@ -150,14 +150,8 @@ def test_lora_ppo_reference_is_the_sft_model_and_only_adapters_move(
     # One copy of the weights: the reference has no parameters of its own.
     assert not list(m.ref.parameters())
 
-    loaded = []
-    real_load = ppo.load_models
-
-    def capture(*a, **k):
-        loaded.append(real_load(*a, **k))
-        return loaded[-1]
-
-    monkeypatch.setattr(ppo, "load_models", capture)
+    loaded = ppo_models_loaded
+    loaded.clear()  # the models loaded above; now those ppo.train loads
     base_policy = _params(load_causal_lm(tiny_model_dir))
     out = ppo.train(cfg, RunDir(tiny_run), init=tiny_model_dir, ref=tiny_model_dir,
                     rm=tiny_rm_dir, value=tiny_rm_dir, stage="ppo-lora")
@@ -264,13 +258,16 @@ def test_a_directory_that_is_not_a_model_is_refused(tmp_path):
         resolve_model_path(tmp_path / "weights.bin")
 
 
-def test_more_than_one_process_is_refused(monkeypatch, capsys, tiny_run):
+def test_commands_that_do_not_split_their_work_refuse_many_processes(monkeypatch, capsys,
+                                                                      tiny_run):
     from instructrl.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["sft", "--out", str(tiny_run)]) == 2
-    assert "2 processes" in capsys.readouterr().err
-    assert not (tiny_run / "sft").exists()
+    for command in ("pipeline", "collect", "eval"):
+        assert main([command, "--out", str(tiny_run)]) == 2
+        err = capsys.readouterr().err
+        assert "2 processes" in err and "only ppo, rm, sft share their work" in err
+    assert not (tiny_run / "collect-0").exists() and not (tiny_run / "eval").exists()
 
 
 def test_a_stage_run_alone_records_its_settings(tiny_run, tiny_model_dir):

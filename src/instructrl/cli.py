@@ -32,6 +32,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Commands that run as N data-parallel processes under torchrun / accelerate launch
+# (instructrl.distributed); every other command refuses to.
+DATA_PARALLEL = frozenset({"sft", "rm", "ppo"})
+
+
 def add_common(p: argparse.ArgumentParser, *, out_required: bool = True) -> None:
     """Arguments every stage takes: the run directory, a recipe and overrides."""
     p.add_argument("--out", required=out_required, help="run directory (runs/<name>)")
@@ -59,7 +64,7 @@ def run_config(args: argparse.Namespace, *, require_run_config: bool = False,
         recipe = own
         print(f"settings: {own} (the run's own; --recipe to use others)", file=sys.stderr)
     cfg = load_config(recipe, args.overrides)
-    if record is not None:
+    if record is not None and os.environ.get("RANK", "0") == "0":  # the main process writes
         from instructrl.rundir import RunDir, write_run_config
         write_run_config(RunDir(args.out), cfg, record)
     return cfg
@@ -83,13 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = argv[0]
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1:
-        # Until stages share work across processes, each of N processes would train alone
-        # and all would write into the same run directory (seen: 38 interleaved metric rows).
+    if world > 1 and name not in DATA_PARALLEL:
+        # Each of N processes would do the whole command and all would write into the same
+        # run directory (seen: 38 interleaved metric rows before the training stages shared
+        # their work).
         print(f"instructrl {name}: error: launched as {world} processes (WORLD_SIZE={world}); "
-              f"instructrl runs one process per stage for now, and {world} would each train "
-              f"and write into the same run directory. Run it without torchrun / accelerate "
-              f"launch.", file=sys.stderr)
+              f"only {', '.join(sorted(DATA_PARALLEL))} share their work across processes. Run "
+              f"`instructrl {name}` without torchrun / accelerate launch.", file=sys.stderr)
         return 2
     module_name, help_ = COMMANDS[name]
     module = importlib.import_module(module_name)

@@ -231,7 +231,9 @@ def _next_token_nll(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tens
         raise ValueError(f"logits {tuple(logits.shape)} must be labels {tuple(labels.shape)} + (V,)")
     target_mask = mask[:, 1:].to(torch.bool)  # (B, T-1): token t+1 is a target
     targets = torch.where(target_mask, labels[:, 1:], torch.zeros_like(labels[:, 1:]))  # (B, T-1)
-    logp = logprobs_from_logits(logits[:, :-1], targets)  # (B, T-1)
+    # Chunked, with the softmax recomputed in the backward: no (B, T, V) float32 temporary
+    # in either pass (SFT and ptx over a 49k vocabulary: that temporary was the peak).
+    logp = selective_log_softmax(logits[:, :-1], targets)  # (B, T-1)
     return masked_mean(-logp, target_mask), target_mask.sum()
 
 

@@ -57,8 +57,10 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # -- devices and dtypes ------------------------------------------------------------------------
 def default_device() -> torch.device:
-    """The device a single-process stage runs on: the GPU when there is one."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device: the GPU when there is one (its local rank's under a launcher);
+    `instructrl.distributed` decides."""
+    from instructrl.distributed import runtime
+    return runtime().device
 
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

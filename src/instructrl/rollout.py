@@ -177,7 +177,8 @@ def _static_cache(model, batch: int, length: int):
 def sample(model, queries: torch.Tensor, query_mask: torch.Tensor, *, max_new_tokens: int,
            temperature: float = 1.0, eos_token_id: int | Sequence[int], pad_token_id: int,
            generator: torch.Generator | None = None, return_logprobs: bool = False,
-           cache: str = "dynamic", compile_step: bool = False, draw: str = "multinomial"):
+           cache: str = "dynamic", compile_step: bool = False, draw: str = "multinomial",
+           batch_rows: tuple[int, int] | None = None):
     """Sample responses to left-padded queries (B,Q) with a KV cache.
 
     Returns (responses (B,R), response_mask (B,R)) with R <= max_new_tokens (the loop stops
@@ -199,7 +200,10 @@ def sample(model, queries: torch.Tensor, query_mask: torch.Tensor, *, max_new_to
     tokens for the same seed); "cdf" inverts the cumulative distribution with one uniform per
     row, the same distribution from another random stream, ~15x cheaper on a CPU (torch's
     one-sample multinomial races V exponential variates per row: 8 ms of a decode step of
-    32 x 8k vocabulary on one core, against 0.4 ms).
+    32 x 8k vocabulary on one core, against 0.4 ms). `batch_rows` = (offset, size) says these
+    B rows are rows offset..offset+B of a batch of `size` (one process's part of a batch
+    split across processes): the "cdf" draw then takes their part of the whole batch's
+    uniforms, so every split of a batch draws the tokens one process would.
 
     The loop runs in inference mode (no autograd bookkeeping at all: a decode step of a small
     model is hundreds of tiny ops, and that bookkeeping is a measurable share of each); what
@@ -210,24 +214,30 @@ def sample(model, queries: torch.Tensor, query_mask: torch.Tensor, *, max_new_to
                       temperature=temperature, eos_token_id=eos_token_id,
                       pad_token_id=pad_token_id, generator=generator,
                       return_logprobs=return_logprobs, cache=cache, compile_step=compile_step,
-                      draw=draw)
+                      draw=draw, batch_rows=batch_rows)
     return tuple(t.clone() for t in out)
 
 
-def draw_cdf(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def draw_cdf(probs: torch.Tensor, generator: torch.Generator | None = None,
+             batch_rows: tuple[int, int] | None = None) -> torch.Tensor:
     """One token per row of probs (B,V) -> (B,), by inverting the cumulative distribution:
     the first index whose cumulative probability exceeds u ~ U(0, total). A zero-probability
-    token is never drawn (its cumulative value equals its predecessor's)."""
+    token is never drawn (its cumulative value equals its predecessor's). With `batch_rows`
+    (offset, size), the uniforms of a batch of `size` are drawn and rows offset.. taken."""
     cdf = probs.cumsum(-1)  # (B,V)
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device,
-                   dtype=cdf.dtype) * cdf[:, -1:]  # (B,1)
+    B = probs.shape[0]
+    offset, size = batch_rows or (0, B)
+    u = torch.rand(size, 1, generator=generator, device=probs.device,
+                   dtype=cdf.dtype)[offset:offset + B] * cdf[:, -1:]  # (B,1)
     return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(1)
 
 
 def _sample(model, queries, query_mask, *, max_new_tokens, temperature, eos_token_id,
-            pad_token_id, generator, return_logprobs, cache, compile_step, draw):
+            pad_token_id, generator, return_logprobs, cache, compile_step, draw, batch_rows):
     if draw not in ("multinomial", "cdf"):
         raise ValueError(f"draw must be 'multinomial' or 'cdf', got {draw!r}")
+    if batch_rows is not None and draw != "cdf":
+        raise ValueError("batch_rows needs draw='cdf' (a multinomial draw cannot be split)")
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
     if cache not in ("dynamic", "static"):
@@ -270,7 +280,7 @@ def _sample(model, queries, query_mask, *, max_new_tokens, temperature, eos_toke
                 scaled = logits / temperature if temperature != 1.0 else logits
                 probs = F.softmax(scaled, dim=-1)
                 if draw == "cdf":
-                    tok = draw_cdf(probs, generator)  # (B,)
+                    tok = draw_cdf(probs, generator, batch_rows)  # (B,)
                 else:
                     tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
                 if return_logprobs:

@@ -18,6 +18,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def seed_process(seed: int, position: int) -> None:
+    """Under N processes, give each its own torch RNG stream from here on (dropout masks must
+    differ between processes' shards), derived from the seed, the rank and the point the
+    stage starts or resumes at. One process keeps the stream `seed_everything` began (and a
+    checkpoint restored), so a resumed single-process run equals an uninterrupted one."""
+    from instructrl.distributed import runtime
+    rt = runtime()
+    if rt.distributed:
+        torch.manual_seed(hash((seed, rt.rank, position)) % 2**63)
+
+
 def cosine_lambda(total_steps: int, final_ratio: float):
     """Cosine decay from 1 to `final_ratio` over `total_steps`, no warmup (App. C.1, C.2)."""
     def f(step: int) -> float:
@@ -95,8 +106,12 @@ class MetricsLog:
     """metrics.jsonl, one object per step. On resume, rows past the checkpoint are dropped so
     the log reads as if the run had never stopped."""
 
-    def __init__(self, path: str | Path, resume_step: int | None = None, key: str = "step"):
+    def __init__(self, path: str | Path, resume_step: int | None = None, key: str = "step",
+                 enabled: bool = True):
         self.path = Path(path)
+        self.enabled = enabled  # False on every process but the main one: it writes nothing
+        if not enabled:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         rows = []
         if resume_step is not None and self.path.exists():
@@ -112,6 +127,8 @@ class MetricsLog:
         os.replace(tmp, self.path)
 
     def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         clean = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in row.items()}
         with self.path.open("a") as f:
             f.write(json.dumps(clean) + "\n")

@@ -66,13 +66,13 @@ from tqdm.auto import tqdm
 from instructrl.cli import add_common, run_config
 from instructrl.config import PPOConfig, RunConfig
 from instructrl.data.records import Prompt
+from instructrl.distributed import runtime
 from instructrl.generation import decode_responses
 from instructrl.losses import (AdaptiveKLController, FixedKLController, gae, masked_mean,
                                masked_var, masked_whiten, per_token_rewards, ppo_policy_loss,
                                ptx_loss, value_loss)
-from instructrl.modeling import (AdapterDisabled, ScalarHeadModel, add_lora, default_device,
-                                 load_causal_lm, load_tokenizer, load_trainable_state,
-                                 lora_enabled, prepare_for_training, resolve_model_path,
+from instructrl.modeling import (AdapterDisabled, ScalarHeadModel, add_lora, load_causal_lm,
+                                 load_tokenizer, load_trainable_state, lora_enabled, prepare_for_training, resolve_model_path,
                                  save_pretrained_atomic, trainable_state_dict, weights_dtype)
 from instructrl.rollout import (Rollout, pad_left, response_logprobs, response_scores,
                                 response_values, sample)
@@ -141,14 +141,26 @@ def load_models(cfg: RunConfig, init: str | Path, ref: str | Path, rm: str | Pat
 # --------------------------------------------------------------------------- rollout
 @torch.no_grad()
 def generate(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed: int,
-             device) -> Rollout:
+             device, rows: slice | None = None) -> Rollout:
     """Sample one response per prompt at temperature `c.temperature` with the KV cache. With
     `c.logprobs_from_sampler` the rollout's old log-probs are those of the distributions the
     tokens were drawn from: the policy in eval mode IS the policy PPO trains (same weights,
     same temperature, no dropout anywhere in RL), so the forward pass that would recompute
-    them is skipped (TRL takes them from its generation logits the same way)."""
+    them is skipped (TRL takes them from its generation logits the same way).
+
+    `rows`: this process's block of the batch `prompts` (the rest are other processes'). The
+    queries are padded as the whole batch's and, with the "cdf" draw, the block takes its
+    part of the whole batch's random draws, so the split changes no token (a multinomial
+    draw cannot be split: each process then draws from its own seed)."""
     queries, query_mask = pad_left([encode_prompt(tokenizer, p.chat, c.max_prompt_tokens)
                                     for p in prompts], tokenizer.pad_token_id)
+    batch_rows = None
+    if rows is not None:
+        queries, query_mask = queries[rows], query_mask[rows]
+        if c.sampler_draw == "cdf":
+            batch_rows = (rows.start, len(prompts))
+        else:
+            seed = seed * 7919 + rows.start
     queries, query_mask = queries.to(device), query_mask.to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     m.policy.eval()
@@ -156,7 +168,7 @@ def generate(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed: in
                  temperature=c.temperature, eos_token_id=tokenizer.eos_token_id,
                  pad_token_id=tokenizer.pad_token_id, generator=gen,
                  return_logprobs=c.logprobs_from_sampler, cache=c.sampler_cache,
-                 compile_step=c.compile_sampler, draw=c.sampler_draw)
+                 compile_step=c.compile_sampler, draw=c.sampler_draw, batch_rows=batch_rows)
     responses, response_mask = out[:2]
     return Rollout(queries=queries, query_mask=query_mask, responses=responses,
                    response_mask=response_mask,
@@ -214,6 +226,20 @@ def score(m: Models, tokenizer, prompts: list[Prompt], r: Rollout, c: PPOConfig,
         scores=score)
 
 
+def gather_rollout(r: Rollout, pad_id: int) -> Rollout:
+    """Every process's block of a scored rollout, concatenated in rank order: the whole batch,
+    on every process (responses right-padded to the longest block's length)."""
+    rt = runtime()
+    if not rt.distributed:
+        return r
+    return dataclasses.replace(
+        r, queries=rt.gather_rows(r.queries, pad_id), query_mask=rt.gather_rows(r.query_mask),
+        responses=rt.gather_rows(r.responses, pad_id),
+        response_mask=rt.gather_rows(r.response_mask), logprobs=rt.gather_rows(r.logprobs),
+        ref_logprobs=rt.gather_rows(r.ref_logprobs), values=rt.gather_rows(r.values),
+        scores=rt.gather_rows(r.scores))
+
+
 def make_rollout(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed: int,
                  device, reward_fn: RewardFn | None = None) -> Rollout:
     """A scored batch: `generate`, then `score`."""
@@ -225,12 +251,16 @@ def make_rollout(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed
 def train_minibatch(m: Models, r: Rollout, adv, returns, idx, c: PPOConfig, ptx_seqs, pad_id
                     ) -> dict[str, float]:
     """Accumulate the minibatch's PPO gradients (micro-batches weighted by their token share,
-    so the sum equals the whole minibatch's token-mean loss), then its ptx gradients."""
-    stats: dict[str, float] = {}
+    so the sum equals the whole minibatch's token-mean loss), then its ptx gradients. Under
+    N processes each takes its shard of the minibatch's rows and of `ptx_seqs`, weighted by
+    shares of the whole minibatch; the gradients and stats are summed over processes here.
+    A non-finite loss raises NonFiniteError on every process, before any step."""
+    rt = runtime()
+    stats: dict[str, float] = {"nonfinite": 0.0}
     n_tok = float(r.response_mask[idx].sum())
     # Micro-batches of similar length carry less padding; the accumulated gradient does not
     # depend on which rows share a micro-batch.
-    idx = idx[torch.argsort(r.query_mask[idx].sum(1) + r.response_mask[idx].sum(1))]
+    idx = rt.shard(idx[torch.argsort(r.query_mask[idx].sum(1) + r.response_mask[idx].sum(1))])
 
     def add(d, w):
         for k, v in d.items():
@@ -250,25 +280,34 @@ def train_minibatch(m: Models, r: Rollout, adv, returns, idx, c: PPOConfig, ptx_
         vstats.pop("val/var_explained")
         loss = pg + c.vf_coef * vf
         if not torch.isfinite(loss):
-            raise NonFiniteError("PPO loss")
+            stats["nonfinite"] = 1.0  # "PPO loss"; raised below, once every process knows
+            break
         (loss * w).backward()
         # (The policy's and the value's parts side by side on two threads were slower,
         # measured: the policy's is ~1.3x the value's and they contend for the GIL. Only
         # scoring runs so, ppo.parallel_scoring.)
         add({**pstats, **vstats, "objective/entropy": masked_mean(entropy, mask)}, w)
-    if ptx_seqs:
-        ids, mask, tgt, _ = collate(ptx_seqs, pad_id)
-        n_ptx = float(tgt[:, 1:].sum())
+    if ptx_seqs and not stats["nonfinite"]:
+        n_ptx = float(sum(max(len(t) - 1, 0) for _, t in ptx_seqs))  # targets: all but the 1st
+        ptx_seqs = rt.shard(ptx_seqs)
+        ids, mask, tgt, _ = collate(ptx_seqs, pad_id) if ptx_seqs else (None,) * 4
         for s in chunks(len(ptx_seqs), c.micro_batch_size):
             dev = r.queries.device
             b_ids, b_mask, b_tgt = ids[s].to(dev), mask[s].to(dev), tgt[s].to(dev)
             logits = m.policy(input_ids=b_ids, attention_mask=b_mask, use_cache=False).logits
             loss, pstats = ptx_loss(logits, b_ids, b_tgt)
             if not torch.isfinite(loss):
-                raise NonFiniteError("ptx loss")
+                stats["nonfinite"] = 2.0  # "ptx loss"
+                break
             w = float(b_tgt[:, 1:].sum()) / n_ptx
             (c.ptx_coef * loss * w).backward()
+            tokens = float(pstats.pop("ptx/tokens"))
             add(pstats, w)
+            stats["ptx/tokens"] = stats.get("ptx/tokens", 0.0) + tokens  # the minibatch's
+    stats = rt.sum_stats(stats)
+    if stats.pop("nonfinite"):
+        raise NonFiniteError("PPO or ptx loss")
+    rt.sync_gradients(trainable(m.policy) + trainable(m.value))
     return stats
 
 
@@ -317,12 +356,19 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
     from `value`)."""
     c = cfg.ppo if ptx_coef is None else dataclasses.replace(cfg.ppo, ptx_coef=ptx_coef)
     out = run.stage(stage)
-    device = default_device()
+    rt = runtime()
+    for name in ("batch_size", "mini_batch_size"):
+        if getattr(c, name) % rt.world:
+            raise SystemExit(f"ppo: ppo.{name}={getattr(c, name)} must be a multiple of the "
+                             f"number of processes ({rt.world}): each takes an equal part")
+    device = rt.device
     torch.manual_seed(c.seed)
     trust = cfg.model.trust_remote_code
     init, ref = (resolve_model_path(x, trust_remote_code=trust) for x in (init, ref))
     tokenizer = load_tokenizer(init, cfg.model)
     m = load_models(cfg, init, ref, rm, value, device)
+    rt.broadcast_parameters(m.policy)
+    rt.broadcast_parameters(m.value)
     prompts = run.prompts("train")
     if not prompts:
         raise SystemExit(f"ppo: no train prompts in {run.data / 'prompts.jsonl'}")
@@ -356,21 +402,28 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
                          (sched_v, "sched_v"), (kl_ctl, "kl_ctl")):
             obj.load_state_dict(state[key])
         start = state["iteration"]
-        print(f"{stage}: resuming after iteration {start} from {ckpt.path}")
-    log = MetricsLog(out / "metrics.jsonl", resume_step=start, key="iteration")
-    samples_log = MetricsLog(out / "samples.jsonl", resume_step=start, key="iteration")
-    tb = _tensorboard(out / "tb")
+        if rt.is_main:
+            print(f"{stage}: resuming after iteration {start} from {ckpt.path}")
+    log = MetricsLog(out / "metrics.jsonl", resume_step=start, key="iteration",
+                     enabled=rt.is_main)
+    samples_log = MetricsLog(out / "samples.jsonl", resume_step=start, key="iteration",
+                             enabled=rt.is_main)
+    tb = _tensorboard(out / "tb") if rt.is_main else _tensorboard(None)
     end = n_iters if max_iterations is None else min(n_iters, max_iterations)
-    bar = tqdm(total=n_iters, initial=start, desc=stage, unit="it")
+    bar = tqdm(total=n_iters, initial=start, desc=stage, unit="it", disable=not rt.is_main)
+    block = slice(rt.rank * c.batch_size // rt.world, (rt.rank + 1) * c.batch_size // rt.world)
     for it in range(start, end):
         t0 = _now(device)
         seed = c.seed * 1_000_003 + it
         batch_prompts = prompts_for_iteration(prompts, it, c.batch_size, c.seed)
+        # Each process samples and scores its block of the batch; then all hold all of it.
         with amp():
-            r = generate(m, tokenizer, batch_prompts, c, seed, device)
+            r = generate(m, tokenizer, batch_prompts, c, seed, device,
+                         rows=block if rt.distributed else None)
         t_generation = _now(device) - t0
         with amp():
-            r = score(m, tokenizer, batch_prompts, r, c, device, reward_fn)
+            r = score(m, tokenizer, batch_prompts[block], r, c, device, reward_fn)
+        r = gather_rollout(r, tokenizer.pad_token_id)
         t_rollout = _now(device) - t0
         rewards, stats = per_token_rewards(r.scores, r.logprobs, r.ref_logprobs,
                                            r.response_mask, kl_ctl.value)
@@ -431,17 +484,20 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
             _write_samples(samples_log, tokenizer, batch_prompts, r, it + 1)
         bar.update(1)
         bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
-        if (it + 1) % c.checkpoint_every == 0 or it + 1 == end:
+        if ((it + 1) % c.checkpoint_every == 0 or it + 1 == end) and rt.is_main:
             ckpt.save({"policy": trainable_state_dict(m.policy),
                        "value": trainable_state_dict(m.value),
                        "ema": ema.shadow, "opt_p": opt_p.state_dict(),
                        "opt_v": opt_v.state_dict(), "sched_p": sched_p.state_dict(),
                        "sched_v": sched_v.state_dict(), "kl_ctl": kl_ctl.state_dict(),
                        "iteration": it + 1})
+        rt.barrier()  # no process runs ahead of the main one's checkpoint
     bar.close()
     tb.close()
-    if end < n_iters:
-        return out  # stopped early on request (tests); the checkpoint holds the state
+    if end < n_iters or not rt.is_main:
+        rt.barrier()
+        return out  # stopped early on request (tests; the checkpoint holds the state), or
+        # a process other than the main one, which writes the models
     # The saved policy is the EMA of the weights (App. C.4); the value model is kept beside it
     # so that an iterated round can continue from both.
     load_trainable_state(m.policy, ema.shadow)
@@ -452,6 +508,7 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
                   rm=str(rm) if reward_fn is None else "reward_fn",
                   ptx_coef=c.ptx_coef, lora=lora_enabled(cfg.lora, "ppo"))
     ckpt.remove()
+    rt.barrier()
     return out
 
 
@@ -533,11 +590,16 @@ def _write_samples(log: MetricsLog, tokenizer, prompts, r: Rollout, it: int, n: 
                    "score": float(r.scores[i]), "kl": float(kl[i])})
 
 
-def _tensorboard(path: Path):
+def _tensorboard(path: Path | None):
+    """A TensorBoard writer at `path`; one that writes nothing for None or without
+    tensorboard installed."""
     try:
+        if path is None:
+            raise ImportError
+
         from torch.utils.tensorboard import SummaryWriter
         return SummaryWriter(str(path))
-    except ImportError:  # tensorboard not installed: metrics.jsonl still has everything
+    except ImportError:  # not installed (metrics.jsonl still has everything), or not wanted
         class _Null:
             def add_scalar(self, *a, **k):
                 pass
@@ -565,5 +627,6 @@ def run(args: argparse.Namespace) -> int:
     stage = args.stage or ("ppo-ptx" if cfg.ppo.ptx_coef > 0 else "ppo")
     t0 = time.time()
     train(cfg, rd, init=init, ref=args.ref or init, rm=rm, value=args.value or rm, stage=stage)
-    print(f"{stage}: {time.time() - t0:.1f}s")
+    if runtime().is_main:
+        print(f"{stage}: {time.time() - t0:.1f}s")
     return 0

@@ -29,15 +29,16 @@ from instructrl.cli import add_common, run_config
 from instructrl.config import RMConfig, RunConfig
 from instructrl.data.jsonl import atomic_write_text, read_records
 from instructrl.data.records import Prompt, Ranking
+from instructrl.distributed import runtime
 from instructrl.losses import ranking_loss
 from instructrl.generation import score_groups, score_sequences
-from instructrl.modeling import (ScalarHeadModel, default_device, load_tokenizer,
+from instructrl.modeling import (ScalarHeadModel, load_tokenizer,
                                  lora_enabled, prepare_for_training, resolve_model_path,
                                  weights_dtype)
 from instructrl.rundir import RunDir, join_prompts
 from instructrl.stages.common import (Checkpoint, MetricsLog, adamw_cosine, batches, chunks,
                                       resume_training_state, save_training_state,
-                                      seed_everything)
+                                      seed_everything, seed_process, trainable)
 from instructrl.templates import encode_prompt, encode_response
 
 
@@ -84,27 +85,31 @@ def forward_batch(model, elements: list[dict], pad_id: int):
 
 def train_step(model, opt, sched, elements: list[dict], pad_id: int, micro: int) -> dict:
     """One optimizer step on a batch of ranking elements, the gradient accumulated over
-    micro-batches of `micro` prompts. The loss is a mean over prompts (each element has at
-    least one untied pair), so a micro-batch weighs its share of the prompts: the same step
-    as one forward/backward over the whole batch."""
+    micro-batches of `micro` prompts of this process's shard and summed over processes. The
+    loss is a mean over prompts (each element has at least one untied pair), so a micro-batch
+    weighs its share of the batch's prompts: the same step as one forward/backward over the
+    whole batch."""
     opt.zero_grad(set_to_none=True)
     stats: dict[str, float] = {}
     pairs = 0.0
+    n_batch = len(elements)
+    elements = runtime().shard(elements)
     for s in chunks(len(elements), micro):
         loss, st = forward_batch(model, elements[s], pad_id)
-        (loss * (s.stop - s.start) / len(elements)).backward()
+        (loss * (s.stop - s.start) / n_batch).backward()
         n = float(st["rm/pairs"])
         pairs += n
         stats["loss/rm"] = stats.get("loss/rm", 0.0) + float(loss.detach()) * (s.stop - s.start)
         for k in ("rm/accuracy", "rm/margin"):  # means over pairs
             stats[k] = stats.get(k, 0.0) + float(st[k]) * n
         stats["rm/prompts"] = stats.get("rm/prompts", 0.0) + float(st["rm/prompts"])
+    runtime().sync_gradients(trainable(model))
     opt.step()
     sched.step()
-    stats["loss/rm"] /= len(elements)
+    stats = runtime().sum_stats({**stats, "rm/pairs": pairs})
+    stats["loss/rm"] = stats.get("loss/rm", 0.0) / n_batch
     for k in ("rm/accuracy", "rm/margin"):
-        stats[k] /= max(pairs, 1.0)
-    stats["rm/pairs"] = pairs
+        stats[k] = stats.get(k, 0.0) / max(stats["rm/pairs"], 1.0)
     return stats
 
 
@@ -153,7 +158,8 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
     c = cfg.rm
     out = run.stage(stage)
     seed_everything(c.seed)
-    device = default_device()
+    rt = runtime()
+    device = rt.device
     path = Path(rankings_path) if rankings_path else run.data / "rankings.jsonl"
     init = resolve_model_path(init, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = load_tokenizer(init, cfg.model)
@@ -170,19 +176,21 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
     if lora:  # an adapter on the backbone, the whole scalar head
         model.with_lora(cfg.lora)
     model = prepare_for_training(model, cfg.model).to(device)
+    rt.broadcast_parameters(model)
     steps_per_epoch = -(-len(train_el) // c.batch_size)
     total = steps_per_epoch * c.epochs
     opt, sched = adamw_cosine(model, c.lr, c.betas, c.weight_decay, total, c.lr_final_ratio)
     ckpt = Checkpoint(out)
     state = resume_training_state(ckpt, model, opt, sched)
     step = 0 if state is None else state["step"]
-    if state is not None:
+    if state is not None and rt.is_main:
         print(f"{stage}: resuming at step {step} from {ckpt.path}")
-    log = MetricsLog(out / "metrics.jsonl", resume_step=step)
+    seed_process(c.seed, step)
+    log = MetricsLog(out / "metrics.jsonl", resume_step=step, enabled=rt.is_main)
     order = random.Random(c.seed)
     plan = [b for _ in range(c.epochs)
             for b in batches(train_el, c.batch_size, order, length=element_length)]
-    bar = tqdm(total=total, initial=step, desc=stage, unit="step")
+    bar = tqdm(total=total, initial=step, desc=stage, unit="step", disable=not rt.is_main)
     model.train()
     micro = c.micro_batch_size or c.batch_size
     for i in range(step, total):
@@ -191,8 +199,13 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
         bar.set_postfix(loss=f"{stats['loss/rm']:.3f}", acc=f"{stats['rm/accuracy']:.2f}")
         log.write({"step": i + 1, "lr": sched.get_last_lr()[0], **stats})
         if (i + 1) % c.checkpoint_every == 0 and i + 1 < total:
-            save_training_state(ckpt, model, opt, sched, step=i + 1)
+            if rt.is_main:
+                save_training_state(ckpt, model, opt, sched, step=i + 1)
+            rt.barrier()
     bar.close()
+    if not rt.is_main:  # the trained model is the same on every process: one evaluates it
+        rt.barrier()
+        return out
     # Bias: labeler demonstrations on training prompts score mean 0 (section 3.5).
     from instructrl.stages.sft import sft_examples
     demos = sft_examples(run, tokenizer, "train", c.max_prompt_tokens, c.max_response_tokens)
@@ -211,6 +224,7 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
         if acc:
             print(f"rm: pairwise accuracy on {name.replace('_', ' ')}: "
                   f"{acc['accuracy']:.3f} over {acc['pairs']} pairs")
+    rt.barrier()
     return out
 
 
@@ -227,5 +241,6 @@ def run(args: argparse.Namespace) -> int:
     rd = RunDir(args.out)
     t0 = time.time()
     train(cfg, rd, args.init or rd.stage("sft"), args.rankings, stage=args.stage)
-    print(f"rm: {time.time() - t0:.1f}s")
+    if runtime().is_main:
+        print(f"rm: {time.time() - t0:.1f}s")
     return 0

@@ -28,6 +28,7 @@ from instructrl.cli import add_common, run_config
 from instructrl.config import RunConfig
 from instructrl.data.jsonl import atomic_write_text
 from instructrl.losses import sft_loss
+from instructrl.distributed import runtime
 from instructrl.modeling import (ADAPTER_DIR, add_lora, default_device, load_causal_lm,
                                  load_tokenizer, lora_enabled, prepare_for_training,
                                  resolve_model_path, save_pretrained_atomic, set_dropout,
@@ -36,7 +37,7 @@ from instructrl.rundir import RunDir, join_prompts
 from instructrl.stages.common import (Checkpoint, MetricsLog, adamw_cosine, batches, chunks,
                                       collate, pretraining_examples, read_metrics,
                                       resume_training_state, save_training_state,
-                                      seed_everything)
+                                      seed_everything, seed_process, trainable)
 from instructrl.templates import encode_example
 
 
@@ -55,14 +56,16 @@ def sft_examples(run: RunDir, tokenizer, split: str, max_prompt_tokens: int,
 
 @torch.no_grad()
 def eval_loss(model, examples, pad_id: int, batch_size: int, device) -> float:
+    """Mean response-token loss over `examples`, each process taking its shard."""
     model.eval()
-    total, count = 0.0, 0
-    for chunk in batches(examples, batch_size):
+    total, count = 0.0, 0.0
+    for chunk in batches(runtime().shard(examples), batch_size):
         ids, mask, resp, _ = (t.to(device) for t in collate(chunk, pad_id))
         loss, stats = sft_loss(model(input_ids=ids, attention_mask=mask).logits, ids, resp)
         n = float(stats["sft/tokens"])
         total, count = total + float(loss) * n, count + n
-    return total / max(count, 1)
+    sums = runtime().sum_stats({"total": total, "count": count})
+    return sums["total"] / max(sums["count"], 1)
 
 
 def load_model(cfg: RunConfig, init: str | Path, *, dropout: float):
@@ -78,33 +81,38 @@ def load_model(cfg: RunConfig, init: str | Path, *, dropout: float):
 
 
 def train_step(model, opt, sched, chunk: list, pad: int, micro: int, device) -> dict:
-    """One optimizer step on `chunk`, its gradient accumulated over micro-batches of `micro`
-    sequences, each weighted by its share of the response tokens: the same step as one
+    """One optimizer step on `chunk` (the global batch), its gradient accumulated over
+    micro-batches of `micro` sequences of this process's shard, each weighted by its share of
+    the batch's response tokens, and summed over processes: the same step as one
     forward/backward over the whole batch (the loss is a mean over its response tokens)."""
     total = sum(len(r) for _, r in chunk)
     opt.zero_grad(set_to_none=True)
     stats: dict[str, float] = {}
-    for s in chunks(len(chunk), micro):
-        part = chunk[s]
+    mine = runtime().shard(chunk)
+    for s in chunks(len(mine), micro):
+        part = mine[s]
         ids, mask, resp, _ = (t.to(device) for t in collate(part, pad))
         loss, st = sft_loss(model(input_ids=ids, attention_mask=mask).logits, ids, resp)
         w = float(st["sft/tokens"]) / max(total, 1)
         (loss * w).backward()
         stats["loss/sft"] = stats.get("loss/sft", 0.0) + float(loss.detach()) * w
         stats["sft/tokens"] = stats.get("sft/tokens", 0.0) + float(st["sft/tokens"])
+    runtime().sync_gradients(trainable(model))
     opt.step()
     sched.step()
-    return stats
+    return runtime().sum_stats(stats)
 
 
 def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
     c = cfg.sft
     out = run.stage("sft")
     seed_everything(c.seed)
-    device = default_device()
+    rt = runtime()
+    device = rt.device
     init = resolve_model_path(init, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = load_tokenizer(init, cfg.model)
     model = load_model(cfg, init, dropout=c.dropout).to(device)
+    rt.broadcast_parameters(model)
     train_ex = sft_examples(run, tokenizer, "train", c.max_prompt_tokens, c.max_response_tokens)
     valid_ex = sft_examples(run, tokenizer, "valid", c.max_prompt_tokens, c.max_response_tokens)
     if not train_ex:
@@ -119,10 +127,13 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
     ckpt = Checkpoint(out)
     state = resume_training_state(ckpt, model, opt, sched)
     start_epoch = 0 if state is None else state["epoch"]
-    if state is not None:
+    if state is not None and rt.is_main:
         print(f"sft: resuming after epoch {start_epoch} from {ckpt.path}")
-    log = MetricsLog(out / "metrics.jsonl", resume_step=start_epoch * steps_per_epoch)
-    atomic_write_text(out / "init.json", json.dumps({"init": str(init)}) + "\n")
+    seed_process(c.seed, start_epoch)
+    log = MetricsLog(out / "metrics.jsonl", resume_step=start_epoch * steps_per_epoch,
+                     enabled=rt.is_main)
+    if rt.is_main:
+        atomic_write_text(out / "init.json", json.dumps({"init": str(init)}) + "\n")
     pad = tokenizer.pad_token_id
     micro = c.micro_batch_size or c.batch_size
     order = random.Random(c.seed)
@@ -131,7 +142,8 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
 
     for _ in range(start_epoch):  # replay the shuffles of finished epochs
         batches(train_ex, c.batch_size, order, length=seq_len)
-    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc="sft", unit="step")
+    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc="sft", unit="step",
+               disable=not rt.is_main)
     for epoch in range(start_epoch, c.epochs):
         model.train()
         for chunk in batches(train_ex, c.batch_size, order, length=seq_len):
@@ -141,13 +153,17 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
             log.write({"step": bar.n, "epoch": epoch + 1, "lr": sched.get_last_lr()[0], **stats})
         val = eval_loss(model, valid_ex, pad, micro, device) if valid_ex else float("nan")
         log.write({"step": bar.n, "epoch": epoch + 1, "val/loss": val})
-        save_epoch(cfg, model, tokenizer, epoch_dir(out, epoch + 1))
-        save_training_state(ckpt, model, opt, sched, epoch=epoch + 1)
+        if rt.is_main:
+            save_epoch(cfg, model, tokenizer, epoch_dir(out, epoch + 1))
+            save_training_state(ckpt, model, opt, sched, epoch=epoch + 1)
+        rt.barrier()
     bar.close()
-    sel = select(cfg, run, None)
-    ckpt.remove()
-    run.mark_done("sft", epochs=c.epochs, selected_epoch=sel["epoch"], init=str(init),
-                  lora=lora_enabled(cfg.lora, "sft"))
+    if rt.is_main:
+        sel = select(cfg, run, None)
+        ckpt.remove()
+        run.mark_done("sft", epochs=c.epochs, selected_epoch=sel["epoch"], init=str(init),
+                      lora=lora_enabled(cfg.lora, "sft"))
+    rt.barrier()
     return out
 
 
@@ -280,9 +296,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = run_config(args, record="sft")
     rd = RunDir(args.out)
     t0 = time.time()
+    rt = runtime()
     if args.action == "select":
-        select(cfg, rd, args.rm)
+        if rt.is_main:  # a few samples per epoch: one process does it, the others wait
+            select(cfg, rd, args.rm)
+        rt.barrier()
     else:
         train(cfg, rd, args.init or default_init(cfg, rd))
-    print(f"sft {args.action}: {time.time() - t0:.1f}s")
+    if rt.is_main:
+        print(f"sft {args.action}: {time.time() - t0:.1f}s")
     return 0

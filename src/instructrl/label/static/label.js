@@ -52,15 +52,19 @@
       }
     }
 
+    // Leave a tie for a row of its own on the `dir` side; false when the card is alone.
+    function leaveTie(idx, dir) {
+      const g = where(idx);
+      if (groups[g].length === 1) return false;
+      groups[g] = groups[g].filter(i => i !== idx);
+      groups.splice(dir < 0 ? g : g + 1, 0, [idx]);
+      return true;
+    }
     // Keyboard: half steps. A card in a tie leaves it (to a row of its own above / below);
     // a card alone joins the neighbouring row (a tie). Every ranking is reachable.
     function halfStep(idx, dir) {
-      const g = where(idx);
-      if (groups[g].length > 1) {
-        groups[g] = groups[g].filter(i => i !== idx);
-        groups.splice(dir < 0 ? g : g + 1, 0, [idx]);
-      } else {
-        const t = g + dir;
+      if (!leaveTie(idx, dir)) {
+        const g = where(idx), t = g + dir;
         if (t < 0 || t >= groups.length) return;
         groups[t].push(idx);
         groups[g] = [];
@@ -70,12 +74,8 @@
     // Buttons (touch): a whole step, to a row of its own past the neighbouring row; "=" ties
     // the card with the row above.
     function step(idx, dir) {
-      const g = where(idx);
-      if (groups[g].length > 1) {
-        groups[g] = groups[g].filter(i => i !== idx);
-        groups.splice(dir < 0 ? g : g + 1, 0, [idx]);
-      } else {
-        const t = g + dir;
+      if (!leaveTie(idx, dir)) {
+        const g = where(idx), t = g + dir;
         if (t < 0 || t >= groups.length) return;
         [groups[g], groups[t]] = [groups[t], groups[g]];
       }
