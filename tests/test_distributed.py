@@ -23,9 +23,11 @@ from instructrl.stages import ppo
 from instructrl.stages.common import read_metrics
 from conftest import TINY_RECIPE, _write_run
 
-# No dropout in SFT (the paper's 0.2 would draw other masks on other shards) and a batch
-# that two processes split evenly; the rest is the tiny recipe.
-SETS = ["sft.dropout=0", "sft.epochs=1", "ppo.episodes=48", "ppo.checkpoint_every=1"]
+# No dropout in SFT (the paper's 0.2 would draw other masks on other shards). Batches of 3
+# leave the last batch of SFT (40 demonstrations) and of the RM (34 rankings) one item: the
+# second process has nothing of it and still takes part in the step.
+SETS = ["sft.dropout=0", "sft.epochs=1", "sft.batch_size=3", "rm.batch_size=3",
+        "ppo.episodes=48", "ppo.checkpoint_every=1"]
 
 
 def env() -> dict:
@@ -109,6 +111,9 @@ def test_two_processes_equal_one(two_runs, tiny_model_dir, tiny_rm_dir):
     for name in ("sft", "rm", "ppo-ptx"):
         compare_rows(read_metrics(runs[1] / name / "metrics.jsonl"),
                      read_metrics(runs[2] / name / "metrics.jsonl"), name)
+    # Steps with a one-item last batch were among them (14 = ceil(40 / 3), 12 = ceil(34 / 3)).
+    assert sum("loss/sft" in r for r in read_metrics(runs[2] / "sft" / "metrics.jsonl")) == 14
+    assert len(read_metrics(runs[2] / "rm" / "metrics.jsonl")) == 12
     # The PPO rollouts were the same: the same samples were logged.
     s1 = read_metrics(runs[1] / "ppo-ptx" / "samples.jsonl")
     s2 = read_metrics(runs[2] / "ppo-ptx" / "samples.jsonl")

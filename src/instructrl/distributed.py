@@ -70,8 +70,9 @@ class Runtime:
             torch.distributed.barrier()
 
     def sum_stats(self, stats: dict[str, float]) -> dict[str, float]:
-        """Each key summed over processes (each process passes its weighted part)."""
-        if not self.distributed or not stats:
+        """Each key summed over processes (each process passes its weighted part; every
+        process must pass the same keys, an empty shard's as zeros)."""
+        if not self.distributed:
             return stats
         keys = sorted(stats)
         t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64,

@@ -304,11 +304,13 @@ def train_minibatch(m: Models, r: Rollout, adv, returns, idx, c: PPOConfig, ptx_
             tokens = float(pstats.pop("ptx/tokens"))
             add(pstats, w)
             stats["ptx/tokens"] = stats.get("ptx/tokens", 0.0) + tokens  # the minibatch's
-    stats = rt.sum_stats(stats)
-    if stats.pop("nonfinite"):
-        raise NonFiniteError("PPO or ptx loss")
+    # Every process learns of a non-finite loss on any (and then the keys may differ).
+    mine = stats.pop("nonfinite")
+    if rt.sum_stats({"nonfinite": mine})["nonfinite"]:
+        raise NonFiniteError({1.0: "PPO loss", 2.0: "ptx loss"}.get(
+            mine, "the loss of another process"))
     rt.sync_gradients(trainable(m.policy) + trainable(m.value))
-    return stats
+    return rt.sum_stats(stats)
 
 
 class EMA:

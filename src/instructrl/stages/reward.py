@@ -90,7 +90,7 @@ def train_step(model, opt, sched, elements: list[dict], pad_id: int, micro: int)
     weighs its share of the batch's prompts: the same step as one forward/backward over the
     whole batch."""
     opt.zero_grad(set_to_none=True)
-    stats: dict[str, float] = {}
+    stats = dict.fromkeys(("loss/rm", "rm/accuracy", "rm/margin", "rm/prompts"), 0.0)
     pairs = 0.0
     n_batch = len(elements)
     elements = runtime().shard(elements)
@@ -99,17 +99,17 @@ def train_step(model, opt, sched, elements: list[dict], pad_id: int, micro: int)
         (loss * (s.stop - s.start) / n_batch).backward()
         n = float(st["rm/pairs"])
         pairs += n
-        stats["loss/rm"] = stats.get("loss/rm", 0.0) + float(loss.detach()) * (s.stop - s.start)
+        stats["loss/rm"] += float(loss.detach()) * (s.stop - s.start)
         for k in ("rm/accuracy", "rm/margin"):  # means over pairs
-            stats[k] = stats.get(k, 0.0) + float(st[k]) * n
-        stats["rm/prompts"] = stats.get("rm/prompts", 0.0) + float(st["rm/prompts"])
+            stats[k] += float(st[k]) * n
+        stats["rm/prompts"] += float(st["rm/prompts"])
     runtime().sync_gradients(trainable(model))
     opt.step()
     sched.step()
     stats = runtime().sum_stats({**stats, "rm/pairs": pairs})
-    stats["loss/rm"] = stats.get("loss/rm", 0.0) / n_batch
+    stats["loss/rm"] /= n_batch
     for k in ("rm/accuracy", "rm/margin"):
-        stats[k] = stats.get(k, 0.0) / max(stats["rm/pairs"], 1.0)
+        stats[k] /= max(stats["rm/pairs"], 1.0)
     return stats
 
 

@@ -87,7 +87,7 @@ def train_step(model, opt, sched, chunk: list, pad: int, micro: int, device) -> 
     forward/backward over the whole batch (the loss is a mean over its response tokens)."""
     total = sum(len(r) for _, r in chunk)
     opt.zero_grad(set_to_none=True)
-    stats: dict[str, float] = {}
+    stats = {"loss/sft": 0.0, "sft/tokens": 0.0}  # (an empty shard adds zeros)
     mine = runtime().shard(chunk)
     for s in chunks(len(mine), micro):
         part = mine[s]
@@ -95,8 +95,8 @@ def train_step(model, opt, sched, chunk: list, pad: int, micro: int, device) -> 
         loss, st = sft_loss(model(input_ids=ids, attention_mask=mask).logits, ids, resp)
         w = float(st["sft/tokens"]) / max(total, 1)
         (loss * w).backward()
-        stats["loss/sft"] = stats.get("loss/sft", 0.0) + float(loss.detach()) * w
-        stats["sft/tokens"] = stats.get("sft/tokens", 0.0) + float(st["sft/tokens"])
+        stats["loss/sft"] += float(loss.detach()) * w
+        stats["sft/tokens"] += float(st["sft/tokens"])
     runtime().sync_gradients(trainable(model))
     opt.step()
     sched.step()
