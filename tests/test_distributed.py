@@ -200,3 +200,17 @@ def test_blocks_of_a_batch_sample_what_the_whole_batch_samples(tiny_run, make_cf
         torch.testing.assert_close(part.logprobs, whole.logprobs[rows, :width], rtol=1e-5,
                                    atol=1e-5)
     assert whole.response_mask.sum(1).unique().numel() > 1  # ragged: a real test of the split
+
+
+def test_collect_under_two_processes_writes_what_one_writes(two_runs, tiny_model_dir):
+    recipe, runs = two_runs
+    for n, run in runs.items():
+        launch(n, ["collect", "--out", str(run), "--recipe", str(recipe), "--policy",
+                   f"sft={tiny_model_dir}", "--label", "none", "--set", "collect.k=3",
+                   "--set", "collect.batch_size=8", "--set", "collect.n_prompts=20",
+                   "--set", "collect.n_valid_prompts=4"])
+    one = (runs[1] / "collect-0" / "samples.jsonl").read_text()
+    two = (runs[2] / "collect-0" / "samples.jsonl").read_text()
+    assert len(one.splitlines()) == 24  # 72 texts: 9 batches of 8, 5 on one process, 4 on the other
+    assert one == two
+    assert (runs[2] / "collect-0" / "done.json").exists()

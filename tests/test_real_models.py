@@ -263,11 +263,11 @@ def test_commands_that_do_not_split_their_work_refuse_many_processes(monkeypatch
     from instructrl.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    for command in ("pipeline", "collect", "eval"):
+    for command in ("pipeline", "eval"):
         assert main([command, "--out", str(tiny_run)]) == 2
         err = capsys.readouterr().err
-        assert "2 processes" in err and "only ppo, rm, sft share their work" in err
-    assert not (tiny_run / "collect-0").exists() and not (tiny_run / "eval").exists()
+        assert "2 processes" in err and "only collect, ppo, rm, sft share their work" in err
+    assert not (tiny_run / "sft").exists() and not (tiny_run / "eval").exists()
 
 
 def test_a_stage_run_alone_records_its_settings(tiny_run, tiny_model_dir):

@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # Commands that run as N data-parallel processes under torchrun / accelerate launch
 # (instructrl.distributed); every other command refuses to.
-DATA_PARALLEL = frozenset({"sft", "rm", "ppo"})
+DATA_PARALLEL = frozenset({"sft", "rm", "ppo", "collect"})
 
 
 def add_common(p: argparse.ArgumentParser, *, out_required: bool = True) -> None:

@@ -11,7 +11,8 @@ what is split is the work:
   prompts), and `sync_gradients` sums the gradients over processes, so the step is the one a
   single process takes on the whole batch: N processes equal one process with the same
   global batch, to float rounding (tests/test_distributed.py checks it on 2 CPU processes);
-- metrics are summed the same way (`sum_stats`), and rollouts gathered (`gather_rows`);
+- metrics are summed the same way (`sum_stats`), rollouts gathered (`gather_rows`), and
+  sampled texts (`gather_objects`);
 - only the main process writes files; the others wait for it (`barrier`).
 
 Why gradients are summed here rather than by wrapping models in DistributedDataParallel:
@@ -122,6 +123,14 @@ class Runtime:
         parts = [torch.empty_like(t) for _ in range(self.world)]
         torch.distributed.all_gather(parts, t.contiguous())
         return torch.cat(parts, 0)
+
+    def gather_objects(self, obj) -> list:
+        """Every process's picklable `obj`, in rank order."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
 
     def _comm_device(self) -> torch.device:
         return self.device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")

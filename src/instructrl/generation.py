@@ -16,14 +16,21 @@ from instructrl.templates import encode_example, encode_prompt
 @torch.no_grad()
 def sample_texts(model, tokenizer, prompt_texts: list[str], *, max_prompt_tokens: int,
                  max_new_tokens: int, temperature: float = 1.0, batch_size: int = 64,
-                 seed: int = 0, desc: str | None = None) -> list[str]:
+                 seed: int = 0, desc: str | None = None, split: bool = False) -> list[str]:
     """One sampled response per prompt text (repeat a text to get several), deterministic
-    given `seed` and the batch layout. `desc` shows a progress bar."""
+    given `seed` and the batch layout. `desc` shows a progress bar. With `split`, every
+    process of a data-parallel run samples every N-th batch and all get every text: the
+    texts one process would sample (each batch has its own seed)."""
+    from instructrl.distributed import runtime
+    rt = runtime()
     device = next(model.parameters()).device
     model.eval()
     out: list[str] = []
-    starts = range(0, len(prompt_texts), batch_size)
-    for b, start in enumerate(tqdm(starts, desc=desc, unit="batch", disable=desc is None)):
+    starts = list(enumerate(range(0, len(prompt_texts), batch_size)))
+    if split:
+        starts = rt.shard(starts)
+    mine: dict[int, list[str]] = {}
+    for b, start in tqdm(starts, desc=desc, unit="batch", disable=desc is None or not rt.is_main):
         chunk = prompt_texts[start:start + batch_size]
         ids, mask = pad_left([encode_prompt(tokenizer, t, max_prompt_tokens) for t in chunk],
                              tokenizer.pad_token_id)
@@ -32,7 +39,12 @@ def sample_texts(model, tokenizer, prompt_texts: list[str], *, max_prompt_tokens
                                   max_new_tokens=max_new_tokens, temperature=temperature,
                                   eos_token_id=tokenizer.eos_token_id,
                                   pad_token_id=tokenizer.pad_token_id, generator=gen)
-        out += decode_responses(tokenizer, responses, rmask)
+        mine[b] = decode_responses(tokenizer, responses, rmask)
+    if split:
+        for part in rt.gather_objects(mine):
+            mine.update(part)
+    for b in sorted(mine):
+        out += mine[b]
     return out
 
 

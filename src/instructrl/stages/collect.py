@@ -29,6 +29,7 @@ from instructrl.data.jsonl import read_jsonl, write_records
 from instructrl.data.records import Prompt, Ranking, Response
 from instructrl.generation import sample_texts
 from instructrl.errors import InputError
+from instructrl.distributed import runtime
 from instructrl.modeling import default_device, load_causal_lm, load_tokenizer, resolve_model_path
 from instructrl.rundir import RunDir
 
@@ -69,7 +70,8 @@ def collect_samples(policies: dict[str, Path], prompts: list[Prompt], c: Collect
         owners = [i for i in range(len(prompts)) for _ in range(quota)]
         outs = sample_texts(model, tok, texts, max_prompt_tokens=c.max_prompt_tokens,
                             max_new_tokens=c.max_new_tokens, temperature=c.temperature,
-                            batch_size=c.batch_size, seed=seed, desc=f"collect {name}")
+                            batch_size=c.batch_size, seed=seed, desc=f"collect {name}",
+                            split=True)
         for row, text in zip(owners, outs):
             per_row[row].append(Response(text=text, policy=name))
         del model
@@ -127,13 +129,19 @@ def collect(cfg: RunConfig, run: RunDir, policies: dict[str, str | Path], rnd: i
     train = round_prompts(run.prompts("train"), c.n_prompts, rnd, c.seed)
     valid = round_prompts(run.prompts("valid"), c.n_valid_prompts, rnd, c.seed)
     samples_path = out / "samples.jsonl"
+    rt = runtime()
     if not samples_path.exists():
         t0 = time.time()
+        # Under N processes each samples its share of the batches; the main one writes.
         samples = collect_samples(resolved, train + valid, c, seed=c.seed * 7919 + rnd,
                                   model_cfg=cfg.model)
-        write_records(samples_path, samples)
-        print(f"collect: {len(samples)} prompts x {c.k} responses from "
-              f"{', '.join(resolved)} in {time.time() - t0:.1f}s")
+        if rt.is_main:
+            write_records(samples_path, samples)
+            print(f"collect: {len(samples)} prompts x {c.k} responses from "
+                  f"{', '.join(resolved)} in {time.time() - t0:.1f}s")
+    rt.barrier()
+    if not rt.is_main:
+        return out
     samples = [obj for _, obj in read_jsonl(samples_path)]
     if label == "sandbox":
         rankings = sandbox_rankings(cfg, run.prompts_by_id(), samples, rnd)
@@ -170,5 +178,7 @@ def run(args: argparse.Namespace) -> int:
         name, _, path = spec.partition("=")
         policies[name] = path or rd.stage(name)
     out = collect(cfg, rd, policies, args.round, None if args.label == "none" else args.label)
-    print(json.dumps(rd.done_info(out.name)))
+    if runtime().is_main:
+        print(json.dumps(rd.done_info(out.name)))
+    runtime().barrier()  # done.json is written before any process exits
     return 0
