@@ -133,8 +133,10 @@ def test_two_processes_equal_one(two_runs, tiny_model_dir, tiny_rm_dir):
         assert not (runs[2] / name / "checkpoint").exists()
 
 
+@pytest.mark.parametrize("resume_nproc", [2, 1])
 def test_sigkill_mid_ppo_under_two_processes_resumes_and_matches(two_runs, tiny_model_dir,
-                                                                  tiny_rm_dir):
+                                                                  tiny_rm_dir, resume_nproc):
+    """Resumed under 2 processes or under 1 (the checkpoint does not depend on N)."""
     recipe, runs = two_runs
     longer = ["--set", "ppo.episodes=320"]  # 20 iterations: time to kill it in the middle
     launch(2, [*stage_args("ppo", runs[1], recipe, tiny_model_dir, tiny_rm_dir), *longer])
@@ -159,7 +161,7 @@ def test_sigkill_mid_ppo_under_two_processes_resumes_and_matches(two_runs, tiny_
     proc.wait()
     time.sleep(0.5)
     assert checkpoint.exists() and not (runs[2] / "ppo-ptx" / "done.json").exists()
-    out = launch(2, killed)
+    out = launch(resume_nproc, killed)
     assert "resuming after iteration" in out, out[:3000]
     compare_rows(read_metrics(runs[1] / "ppo-ptx" / "metrics.jsonl"), read_metrics(metrics),
                  "resumed ppo-ptx")
