@@ -64,7 +64,8 @@ def run_config(args: argparse.Namespace, *, require_run_config: bool = False,
         recipe = own
         print(f"settings: {own} (the run's own; --recipe to use others)", file=sys.stderr)
     cfg = load_config(recipe, args.overrides)
-    if record is not None and os.environ.get("RANK", "0") == "0":  # the main process writes
+    from instructrl.distributed import runtime
+    if record is not None and runtime().is_main:  # one process writes
         from instructrl.rundir import RunDir, write_run_config
         write_run_config(RunDir(args.out), cfg, record)
     return cfg

@@ -25,7 +25,6 @@ def sample_texts(model, tokenizer, prompt_texts: list[str], *, max_prompt_tokens
     rt = runtime()
     device = next(model.parameters()).device
     model.eval()
-    out: list[str] = []
     starts = list(enumerate(range(0, len(prompt_texts), batch_size)))
     if split:
         starts = rt.shard(starts)
@@ -43,9 +42,7 @@ def sample_texts(model, tokenizer, prompt_texts: list[str], *, max_prompt_tokens
     if split:
         for part in rt.gather_objects(mine):
             mine.update(part)
-    for b in sorted(mine):
-        out += mine[b]
-    return out
+    return [text for b in sorted(mine) for text in mine[b]]
 
 
 def decode_responses(tokenizer, responses: torch.Tensor, response_mask: torch.Tensor

@@ -77,7 +77,8 @@ from instructrl.losses import (AdaptiveKLController, FixedKLController, gae, mas
                                masked_var, masked_whiten, per_token_rewards, ppo_policy_loss,
                                ptx_loss, value_loss)
 from instructrl.modeling import (AdapterDisabled, ScalarHeadModel, add_lora, load_causal_lm,
-                                 load_tokenizer, load_trainable_state, lora_enabled, prepare_for_training, resolve_model_path,
+                                 load_tokenizer, load_trainable_state, lora_enabled,
+                                 prepare_for_training, resolve_model_path,
                                  save_pretrained_atomic, trainable_state_dict, weights_dtype)
 from instructrl.rollout import (Rollout, pad_left, response_logprobs, response_scores,
                                 response_values, sample)
@@ -364,10 +365,9 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
     c = cfg.ppo if ptx_coef is None else dataclasses.replace(cfg.ppo, ptx_coef=ptx_coef)
     out = run.stage(stage)
     rt = runtime()
-    for name in ("batch_size", "mini_batch_size"):
-        if getattr(c, name) % rt.world:
-            raise SystemExit(f"ppo: ppo.{name}={getattr(c, name)} must be a multiple of the "
-                             f"number of processes ({rt.world}): each takes an equal part")
+    if c.mini_batch_size % rt.world:  # (and so the batch, a multiple of the minibatch)
+        raise SystemExit(f"ppo: ppo.mini_batch_size={c.mini_batch_size} must be a multiple of "
+                         f"the number of processes ({rt.world}): each takes an equal part")
     device = rt.device
     torch.manual_seed(c.seed)
     trust = cfg.model.trust_remote_code
@@ -415,7 +415,7 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
                      enabled=rt.is_main)
     samples_log = MetricsLog(out / "samples.jsonl", resume_step=start, key="iteration",
                              enabled=rt.is_main)
-    tb = _tensorboard(out / "tb") if rt.is_main else _tensorboard(None)
+    tb = _tensorboard(out / "tb" if rt.is_main else None)
     end = n_iters if max_iterations is None else min(n_iters, max_iterations)
     bar = tqdm(total=n_iters, initial=start, desc=stage, unit="it", disable=not rt.is_main)
     block = slice(rt.rank * c.batch_size // rt.world, (rt.rank + 1) * c.batch_size // rt.world)
@@ -491,20 +491,22 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
             _write_samples(samples_log, tokenizer, batch_prompts, r, it + 1)
         bar.update(1)
         bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
-        if ((it + 1) % c.checkpoint_every == 0 or it + 1 == end) and rt.is_main:
-            ckpt.save({"policy": trainable_state_dict(m.policy),
-                       "value": trainable_state_dict(m.value),
-                       "ema": ema.shadow, "opt_p": opt_p.state_dict(),
-                       "opt_v": opt_v.state_dict(), "sched_p": sched_p.state_dict(),
-                       "sched_v": sched_v.state_dict(), "kl_ctl": kl_ctl.state_dict(),
-                       "iteration": it + 1})
-        rt.barrier()  # no process runs ahead of the main one's checkpoint
+        if (it + 1) % c.checkpoint_every == 0 or it + 1 == end:
+            if rt.is_main:
+                ckpt.save({"policy": trainable_state_dict(m.policy),
+                           "value": trainable_state_dict(m.value),
+                           "ema": ema.shadow, "opt_p": opt_p.state_dict(),
+                           "opt_v": opt_v.state_dict(), "sched_p": sched_p.state_dict(),
+                           "sched_v": sched_v.state_dict(), "kl_ctl": kl_ctl.state_dict(),
+                           "iteration": it + 1})
+            rt.barrier()  # no process runs ahead of the main one's checkpoint
     bar.close()
     tb.close()
+    # Stopped early on request (tests; the checkpoint holds the state), or a process other
+    # than the main one, which writes the models: wait for the main one and go.
     if end < n_iters or not rt.is_main:
         rt.barrier()
-        return out  # stopped early on request (tests; the checkpoint holds the state), or
-        # a process other than the main one, which writes the models
+        return out
     # The saved policy is the EMA of the weights (App. C.4); the value model is kept beside it
     # so that an iterated round can continue from both.
     load_trainable_state(m.policy, ema.shadow)
@@ -597,23 +599,24 @@ def _write_samples(log: MetricsLog, tokenizer, prompts, r: Rollout, it: int, n: 
                    "score": float(r.scores[i]), "kl": float(kl[i])})
 
 
+class _NullWriter:
+    def add_scalar(self, *a, **k):
+        pass
+
+    def close(self):
+        pass
+
+
 def _tensorboard(path: Path | None):
     """A TensorBoard writer at `path`; one that writes nothing for None or without
-    tensorboard installed."""
+    tensorboard installed (metrics.jsonl still has everything)."""
+    if path is None:
+        return _NullWriter()
     try:
-        if path is None:
-            raise ImportError
-
         from torch.utils.tensorboard import SummaryWriter
-        return SummaryWriter(str(path))
-    except ImportError:  # not installed (metrics.jsonl still has everything), or not wanted
-        class _Null:
-            def add_scalar(self, *a, **k):
-                pass
-
-            def close(self):
-                pass
-        return _Null()
+    except ImportError:
+        return _NullWriter()
+    return SummaryWriter(str(path))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
