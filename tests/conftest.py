@@ -150,3 +150,23 @@ def ppo_models_loaded(monkeypatch) -> list:
 
     monkeypatch.setattr(ppo, "load_models", capture)
     return loaded
+
+
+class Crash(Exception):
+    """A stage killed mid-run, as the resume tests simulate it."""
+
+
+def crash_on_call(monkeypatch, owner, name: str, n: int):
+    """Make `owner.name` raise Crash on its `n`-th call (counting from 1) and behave as
+    before otherwise; returns the real function (to put back before the resumed run)."""
+    real = getattr(owner, name)
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise Crash
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapped)
+    return real

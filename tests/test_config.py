@@ -100,3 +100,33 @@ def test_a_run_continued_with_other_settings_says_which(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "collect.k: 6 -> 9; rm.epochs: 1 -> 3" in err and str(run.root) in err
     assert (run.root / "config.yaml").read_text() == dump_config(new)
+
+
+ACCELERATE = sorted((Path(__file__).resolve().parents[1] / "recipes" / "accelerate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ACCELERATE, ids=[p.name for p in ACCELERATE])
+def test_accelerate_configs_load_and_set_the_recipes_precision(path, monkeypatch):
+    """recipes/accelerate/*.yaml are accelerate config files (accelerate's own loader reads
+    them), and `model.mixed_precision: auto` follows the precision `accelerate launch` exports
+    from them."""
+    import torch
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from instructrl.distributed import mixed_precision
+
+    acc = load_config_from_file(str(path))
+    assert acc.mixed_precision in ("no", "bf16", "fp16")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", acc.mixed_precision)
+    got = mixed_precision(load_config(None).model, torch.device("cpu"))
+    assert got == {"no": "fp32"}.get(acc.mixed_precision, acc.mixed_precision)
+
+
+def test_recipes_name_accelerate_configs_that_exist():
+    import re
+
+    named = {m for r in RECIPES for m in re.findall(r"recipes/accelerate/[\w.-]+\.yaml",
+                                                    r.read_text())}
+    assert named  # the GPU recipes show their launch commands
+    root = Path(__file__).resolve().parents[1]
+    assert all((root / n).exists() for n in named), named

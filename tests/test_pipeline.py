@@ -230,3 +230,28 @@ def test_base_model_pretrain_flag_trains_one_into_the_run(tmp_path, capsys):
     assert base_model(cfg, run, Timer()) == path
     assert "[pretrain] done already, skipped" in capsys.readouterr().out
     assert (path / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_pipeline_under_two_processes(full_run, recipe):
+    # Each stage under N processes equals one process (tests/test_distributed.py); here the
+    # chain: the main process alone writes the sandbox data and selects the SFT epoch while
+    # the other waits, every stage finishes, and the log says each thing once. SFT's dropout
+    # draws other masks on other shards, so the models differ from full_run's: the data the
+    # main process wrote alone does not.
+    out = recipe.parent / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "instructrl.cli", "pipeline", "--out", str(out), "--recipe", str(recipe)]
+    p = subprocess.run(cmd, env=ENV, cwd=recipe.parent, text=True, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:]
+    run = RunDir(out)
+    assert all(run.is_done(stage) for stage in STAGES)
+    for name in ("raw_prompts.jsonl", "prompts.jsonl", "demonstrations.jsonl"):
+        assert (out / "data" / name).read_bytes() == (full_run / "data" / name).read_bytes()
+    assert "rm" in json.loads((out / "sft" / "selection.json").read_text())
+    summary = json.loads((out / "pipeline.json").read_text())
+    assert summary["policies"] == {"sft": "sft", "ppo-ptx": "ppo-ptx-r1", "ppo": "ppo-r1"}
+    lines = p.stdout.splitlines()
+    assert sum(line.startswith("pipeline: ") for line in lines) == 1
+    for stage in STAGES:
+        assert lines.count(f"[{stage}] ...") == 1, stage

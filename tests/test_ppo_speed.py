@@ -8,7 +8,6 @@ never asserted here."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 
 from instructrl import losses
 from instructrl.config import load_config
+from instructrl.distributed import precision
 from instructrl.errors import InputError
 from instructrl.modeling import AdapterDisabled, add_lora, load_causal_lm, load_tokenizer
 from instructrl.rollout import (_forward_params, draw_cdf, pad_left, response_logprobs,
@@ -329,9 +329,6 @@ def test_speed_switches_are_validated():
         load_config(None, ["ppo.score_batch_size=0"])
     with pytest.raises(InputError, match="ppo.sampler_draw"):
         load_config(None, ["ppo.sampler_draw=gumbel"])
-    with pytest.raises(InputError, match="ppo.autocast"):
-        load_config(None, ["ppo.autocast=fp16"])
-    assert ppo._autocast(load_config().ppo, torch.device("cpu")) is contextlib.nullcontext
     cfg = load_config(None, ["ppo.sampler_cache=static", "ppo.compile_sampler=true"])
     assert cfg.ppo.compile_sampler and cfg.ppo.logprobs_from_sampler and cfg.ppo.fused_adamw
 
@@ -368,10 +365,10 @@ def test_bf16_autocast_runs_and_keeps_float32_logprobs(tiny_run, make_cfg, tiny_
     # logits through the sampler, scoring and the selective log-softmax. bf16 draws other
     # tokens than float32, so the check is on one rollout: at the start the sampler's
     # log-probs and the reference's (the same weights) agree to bf16 rounding, in float32.
-    cfg = make_cfg("ppo.episodes=32", "ppo.batch_size=16", "ppo.autocast=bf16")
+    cfg = make_cfg("ppo.episodes=32", "ppo.batch_size=16", "model.mixed_precision=bf16")
     m = ppo.load_models(cfg, tiny_model_dir, tiny_model_dir, tiny_rm_dir, tiny_rm_dir,
                         torch.device("cpu"))
-    with ppo._autocast(cfg.ppo, torch.device("cpu"))():
+    with precision(cfg.model, torch.device("cpu")).autocast():
         r = ppo.make_rollout(m, load_tokenizer(tiny_model_dir), RunDir(tiny_run).prompts(
             "train")[:16], cfg.ppo, seed=0, device=torch.device("cpu"))
     assert r.logprobs.dtype == r.ref_logprobs.dtype == torch.float32
@@ -411,3 +408,49 @@ def test_parallel_scoring_trains_as_the_sequential_path(tiny_run, make_cfg, tiny
         torch.set_num_threads(threads)
     assert True in seen  # the parallel path did run
     same_iteration(out["true"], out["false"], ("policy", "value"))
+
+
+def test_offload_frozen_moves_the_frozen_copies_out_between_scorings(
+        tiny_run, make_cfg, tiny_model_dir, tiny_rm_dir, monkeypatch):
+    # On this CPU-only machine both places are the CPU, so the test follows the calls: the
+    # frozen copies go to CPU memory (a "cpu" string) at the start and after every scoring,
+    # and to the training device (a torch.device) just before it; views move nothing.
+    cfg = make_cfg("ppo.episodes=32", "ppo.batch_size=16", "ppo.offload_frozen=true")
+    events: list[tuple[str, str]] = []
+    real_load, real_score = ppo.load_models, ppo.score
+
+    def load(*args, **kwargs):
+        m = real_load(*args, **kwargs)
+        assert ppo.frozen_copies(m) == [m.ref, m.rm]
+        for name in ("ref", "rm"):
+            module = getattr(m, name)
+
+            def to(where, _name=name, _to=module.to):
+                events.append((_name, "away" if where == "cpu" else "home"))
+                return _to(where)
+            module.to = to
+        return m
+
+    def score(*args, **kwargs):
+        events.append(("score", ""))
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(ppo, "load_models", load)
+    monkeypatch.setattr(ppo, "score", score)
+    d = ppo.train(cfg, RunDir(tiny_run), init=tiny_model_dir, ref=tiny_model_dir,
+                  rm=tiny_rm_dir, value=tiny_rm_dir, stage="ppo-offload")
+    one = [("ref", "home"), ("rm", "home"), ("score", ""), ("ref", "away"), ("rm", "away")]
+    assert events == [("ref", "away"), ("rm", "away")] + one * 2
+    monkeypatch.undo()
+    plain = ppo.train(make_cfg("ppo.episodes=32", "ppo.batch_size=16"), RunDir(tiny_run),
+                      init=tiny_model_dir, ref=tiny_model_dir, rm=tiny_rm_dir,
+                      value=tiny_rm_dir, stage="ppo-plain")
+
+    def untimed(path):
+        return [{k: v for k, v in r.items() if not k.startswith("time/")}
+                for r in read_metrics(path / "metrics.jsonl")]
+    assert untimed(d) == untimed(plain)
+    # With LoRA the reference and the RM are views of the trained models: nothing to move.
+    lora = ppo.load_models(make_cfg("lora.r=4"), tiny_model_dir, tiny_model_dir, tiny_rm_dir,
+                           tiny_rm_dir, torch.device("cpu"))
+    assert ppo.frozen_copies(lora) == []

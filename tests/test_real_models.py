@@ -263,11 +263,12 @@ def test_commands_that_do_not_split_their_work_refuse_many_processes(monkeypatch
     from instructrl.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    for command in ("pipeline", "eval"):
+    for command in ("demo", "pretrain"):
         assert main([command, "--out", str(tiny_run)]) == 2
         err = capsys.readouterr().err
-        assert "2 processes" in err and "only collect, ppo, rm, sft share their work" in err
-    assert not (tiny_run / "sft").exists() and not (tiny_run / "eval").exists()
+        assert "2 processes" in err
+        assert "only collect, eval, pipeline, ppo, rm, sft share their work" in err
+    assert not (tiny_run / "sft").exists() and not (tiny_run / "base").exists()
 
 
 def test_a_stage_run_alone_records_its_settings(tiny_run, tiny_model_dir):

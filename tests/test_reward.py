@@ -19,6 +19,7 @@ from instructrl.rundir import RunDir
 from instructrl.stages import reward
 from instructrl.stages.common import read_metrics
 from instructrl.templates import encode_example
+from conftest import Crash, crash_on_call
 
 
 def rm_state(directory) -> dict[str, torch.Tensor]:
@@ -205,10 +206,6 @@ def test_eval_json_reports_pairwise_accuracy_on_valid_and_heldout_labelers(
             assert 0.0 <= got[key]["accuracy"] <= 1.0
 
 
-class Crash(Exception):
-    pass
-
-
 def test_resume_after_crash_matches_uninterrupted_run(tiny_run, make_cfg, tiny_model_dir,
                                                       monkeypatch):
     cfg = make_cfg("rm.checkpoint_every=3")
@@ -216,16 +213,8 @@ def test_resume_after_crash_matches_uninterrupted_run(tiny_run, make_cfg, tiny_m
     shutil.copytree(tiny_run / "data", other / "data")
     reward.train(cfg, RunDir(other), tiny_model_dir)
 
-    calls = {"n": 0}
-    real = reward.forward_batch
-
-    def crash_at_step_5(*args, **kwargs):  # after the step-3 checkpoint and 4 metrics rows
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise Crash
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(reward, "forward_batch", crash_at_step_5)
+    # at step 5: after the step-3 checkpoint and 4 metrics rows
+    real = crash_on_call(monkeypatch, reward, "forward_batch", 5)
     with pytest.raises(Crash):
         reward.train(cfg, RunDir(tiny_run), tiny_model_dir)
     out = tiny_run / "rm"

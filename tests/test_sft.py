@@ -14,6 +14,7 @@ from instructrl.modeling import load_causal_lm, load_tokenizer
 from instructrl.rundir import RunDir
 from instructrl.stages import sft
 from instructrl.stages.common import read_metrics
+from conftest import Crash, crash_on_call
 
 
 def weights(directory) -> dict[str, torch.Tensor]:
@@ -144,10 +145,6 @@ def test_select_by_reward_model_writes_table_and_installs_best_epoch(
     assert same_weights(weights(out), weights(out / "epochs" / f"{best:02d}"))
 
 
-class Crash(Exception):
-    pass
-
-
 def test_resume_after_crash_matches_uninterrupted_run(tiny_run, make_cfg, tiny_model_dir,
                                                       monkeypatch):
     cfg = make_cfg("sft.epochs=2")  # dropout 0.2 stays on: the RNG state must resume too
@@ -157,16 +154,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tiny_run, make_cfg, tiny_m
 
     # Crash in epoch 2, two steps after the epoch-1 checkpoint (5 train + 2 valid batches
     # per epoch at batch size 8), so metrics.jsonl holds a row the checkpoint does not.
-    calls = {"n": 0}
-    real_loss = sft.sft_loss
-
-    def crashing_loss(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 9:
-            raise Crash
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(sft, "sft_loss", crashing_loss)
+    real_loss = crash_on_call(monkeypatch, sft, "sft_loss", 9)
     with pytest.raises(Crash):
         sft.train(cfg, RunDir(tiny_run), tiny_model_dir)
     out = tiny_run / "sft"

@@ -33,8 +33,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 # Commands that run as N data-parallel processes under torchrun / accelerate launch
-# (instructrl.distributed); every other command refuses to.
-DATA_PARALLEL = frozenset({"sft", "rm", "ppo", "collect"})
+# (instructrl.distributed; eval shares out its benchmarks' batches); every other command
+# refuses to.
+DATA_PARALLEL = frozenset({"sft", "rm", "ppo", "collect", "eval", "pipeline"})
 
 
 def add_common(p: argparse.ArgumentParser, *, out_required: bool = True) -> None:

@@ -276,11 +276,6 @@ class PPOConfig:
     compile_sampler: bool = False
     """Run each decode step through torch.compile (needs sampler_cache=static; on a GPU as a
     CUDA graph). The first rollout pays the compilation (tens of seconds on a CPU)."""
-    autocast: str = "auto"
-    """auto | bf16 | none: mixed precision of the PPO forwards (weights trained in full stay
-    float32). auto: bf16 autocast on a GPU with bf16, none on a CPU (bf16 is ~4x slower on
-    the CPUs measured). Under bf16 the sampler's log-probs and the training forward's agree
-    to bf16 rounding only, as with any sampler that is not the training forward (TRL's)."""
     parallel_scoring: bool = False
     """CPU: score the two halves of each scoring chunk side by side on two Python threads
     with single-threaded ops, instead of one after the other with multi-threaded ops (two
@@ -289,6 +284,10 @@ class PPOConfig:
     fused_adamw: bool = True
     """AdamW's fused kernel (`fused=True`: one kernel over all parameters instead of a dozen
     per tensor; CPU and CUDA in torch >= 2.4); False: torch's default (foreach)."""
+    offload_frozen: bool = False
+    """Keep the frozen reference and RM in CPU memory while the policy and value train, on
+    the device only while they score a rollout (GPU memory for PCIe transfers each
+    iteration). Views of trained models (the LoRA reference and RM) have nothing to move."""
 
     def validate(self) -> None:
         _check(self.sampler_cache in ("dynamic", "static"), "ppo.sampler_cache",
@@ -298,8 +297,6 @@ class PPOConfig:
         _check(self.score_batch_size >= 1, "ppo.score_batch_size", "must be >= 1")
         _check(self.sampler_draw in ("cdf", "multinomial"), "ppo.sampler_draw",
                "must be 'cdf' or 'multinomial'")
-        _check(self.autocast in ("auto", "bf16", "none"), "ppo.autocast",
-               "must be 'auto', 'bf16' or 'none' (fp16 would need loss scaling)")
         _check(self.batch_size % self.mini_batch_size == 0, "ppo.batch_size",
                "must be divisible by ppo.mini_batch_size")
         _check(self.mini_batch_size % self.micro_batch_size == 0, "ppo.mini_batch_size",
@@ -400,6 +397,13 @@ class ModelConfig:
     (no bf16 hardware: measured 4x slower) and bf16 on a GPU that supports it, else fp32."""
     attn_implementation: str | None = None
     """eager | sdpa | flash_attention_2 | ...; None lets transformers choose."""
+    mixed_precision: str = "auto"
+    """auto | fp32 | bf16 | fp16: autocast of every stage's forwards over float32 master
+    weights (fp16 with loss scaling), as accelerate's `mixed_precision` (whose 'no' is fp32
+    here: YAML reads a bare no as false). auto: what `accelerate launch --mixed_precision`
+    (or its config file) says, else bf16 on a GPU that has it, else fp32 (a CPU: bf16
+    measured ~4x slower). Under bf16 the PPO sampler's log-probs
+    and the training forward's agree to bf16 rounding, as with any separate sampler."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass of trained models (memory for compute)."""
     trust_remote_code: bool = False
@@ -415,6 +419,8 @@ class ModelConfig:
     def validate(self) -> None:
         _check(self.dtype in ("auto", "fp32", "bf16", "fp16"), "model.dtype",
                "must be one of auto, fp32, bf16, fp16")
+        _check(self.mixed_precision in ("auto", "fp32", "bf16", "fp16"),
+               "model.mixed_precision", "must be one of auto, fp32, bf16, fp16")
 
 
 @dataclass(frozen=True)
@@ -571,6 +577,8 @@ RENAMED = {
                                "response without EOS (lm-human-preferences), while TRL's "
                                "missing_eos_penalty is subtracted; give the score itself, "
                                "e.g. -1",
+    "ppo.autocast": "moved to model.mixed_precision (auto | fp32 | bf16 | fp16), which "
+                    "every training stage reads; 'none' is now 'fp32'",
 }
 
 

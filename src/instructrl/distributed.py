@@ -22,11 +22,16 @@ process whose shard is empty (a batch smaller than N) must still join the all-re
 of the trainable parameters' gradients after the backward passes is DDP's arithmetic without
 its wrapper. What this does not do is shard weights or optimizer state (FSDP, DeepSpeed
 ZeRO): every process must hold the whole model.
+
+Precision lives here too (`precision`): `model.mixed_precision` (auto follows `accelerate
+launch --mixed_precision` / its config file, else bf16 on a GPU that has it and float32 on a
+CPU) gives every stage the same autocast, and for fp16 the loss scaling that goes with it.
 """
 
 from __future__ import annotations
 
 import os
+import contextlib
 from functools import lru_cache
 
 import torch
@@ -135,8 +140,100 @@ class Runtime:
     def _comm_device(self) -> torch.device:
         return self.device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
 
+    def map_shard(self, fn, items: list) -> list:
+        """`fn` (a list -> one result per item, each item's result its own) on this process's
+        shard of `items`; every item's result, in `items`' order, on every process: what
+        `fn(items)` returns in one process. Every process calls it with the same `items`.
+        An item may be a whole batch, so that batches (and their seeds) stay as one
+        process would make them."""
+        if not self.distributed:
+            return list(fn(items))
+        out = [None] * len(items)
+        for rank, part in enumerate(self.gather_objects(list(fn(self.shard(items))))):
+            out[rank::self.world] = part
+        return out
+
 
 @lru_cache(maxsize=1)
 def runtime() -> Runtime:
     """The process's Runtime (joins the process group on first use under a launcher)."""
     return Runtime()
+
+
+class Precision:
+    """Mixed precision of the forwards: autocast to bf16 or fp16 over float32 master weights,
+    as `accelerate`'s `mixed_precision` does (fp32 runs everything in the weights' dtype).
+    fp16 also scales the loss (torch's GradScaler: a step whose gradients overflowed is
+    skipped and the scale halved). Every process takes the same decision, because the
+    gradients are summed over processes before they are unscaled and checked.
+
+    A training step reads: `with p.autocast(): loss = ...`; `p.backward(loss)`; sum the
+    gradients; `p.step(opt, params, max_norm)` for each optimizer; `if p.update():` step the
+    LR schedules."""
+
+    def __init__(self, name: str, device: torch.device):
+        self.name = name
+        self.device = device
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
+        self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def step(self, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+             max_norm: float | None = None) -> None:
+        """Unscale (fp16), clip to `max_norm` if given, and step (skipped by fp16's scaler
+        when a gradient is not finite)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
+        if max_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if self.scaler is None:
+            opt.step()
+        else:
+            self.scaler.step(opt)
+
+    def update(self) -> bool:
+        """After every optimizer of the step has stepped: fp16's scale for the next step.
+        False when fp16 skipped the step (an overflow halved the scale): as accelerate does,
+        the caller then leaves its LR schedule where it was."""
+        if self.scaler is None:
+            return True
+        before = self.scaler.get_scale()
+        self.scaler.update()
+        return self.scaler.get_scale() >= before
+
+    def state_dict(self) -> dict:
+        return {} if self.scaler is None else self.scaler.state_dict()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
+
+
+def mixed_precision(model_cfg=None, device: torch.device | None = None) -> str:
+    """`model.mixed_precision` resolved to fp32 | bf16 | fp16. auto: what `accelerate launch`
+    was told (`--mixed_precision`, or its config file: ACCELERATE_MIXED_PRECISION, where fp32
+    is 'no'), else bf16 on a GPU that has it, else fp32 (these CPUs run bf16 ~4x slower)."""
+    device = device or runtime().device
+    name = getattr(model_cfg, "mixed_precision", "auto") if model_cfg is not None else "auto"
+    if name == "auto":
+        name = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower() or (
+            "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32")
+        name = {"no": "fp32"}.get(name, name)
+    if name not in ("fp32", "bf16", "fp16"):
+        from instructrl.errors import InputError
+        raise InputError(f"mixed precision {name!r} is not one of no, bf16, fp16",
+                         field="ACCELERATE_MIXED_PRECISION")
+    return name
+
+
+def precision(model_cfg=None, device: torch.device | None = None) -> Precision:
+    """The stage's Precision (one per training run: fp16's scaler carries state)."""
+    device = device or runtime().device
+    return Precision(mixed_precision(model_cfg, device), device)

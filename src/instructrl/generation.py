@@ -25,24 +25,25 @@ def sample_texts(model, tokenizer, prompt_texts: list[str], *, max_prompt_tokens
     rt = runtime()
     device = next(model.parameters()).device
     model.eval()
+
+    def run(mine: list[tuple[int, int]]) -> list[list[str]]:
+        out = []
+        for b, start in tqdm(mine, desc=desc, unit="batch",
+                             disable=desc is None or not rt.is_main):
+            chunk = prompt_texts[start:start + batch_size]
+            ids, mask = pad_left([encode_prompt(tokenizer, t, max_prompt_tokens) for t in chunk],
+                                 tokenizer.pad_token_id)
+            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
+            responses, rmask = sample(model, ids.to(device), mask.to(device),
+                                      max_new_tokens=max_new_tokens, temperature=temperature,
+                                      eos_token_id=tokenizer.eos_token_id,
+                                      pad_token_id=tokenizer.pad_token_id, generator=gen)
+            out.append(decode_responses(tokenizer, responses, rmask))
+        return out
+
     starts = list(enumerate(range(0, len(prompt_texts), batch_size)))
-    if split:
-        starts = rt.shard(starts)
-    mine: dict[int, list[str]] = {}
-    for b, start in tqdm(starts, desc=desc, unit="batch", disable=desc is None or not rt.is_main):
-        chunk = prompt_texts[start:start + batch_size]
-        ids, mask = pad_left([encode_prompt(tokenizer, t, max_prompt_tokens) for t in chunk],
-                             tokenizer.pad_token_id)
-        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
-        responses, rmask = sample(model, ids.to(device), mask.to(device),
-                                  max_new_tokens=max_new_tokens, temperature=temperature,
-                                  eos_token_id=tokenizer.eos_token_id,
-                                  pad_token_id=tokenizer.pad_token_id, generator=gen)
-        mine[b] = decode_responses(tokenizer, responses, rmask)
-    if split:
-        for part in rt.gather_objects(mine):
-            mine.update(part)
-    return [text for b in sorted(mine) for text in mine[b]]
+    done = rt.map_shard(run, starts) if split else run(starts)
+    return [text for texts in done for text in texts]
 
 
 def decode_responses(tokenizer, responses: torch.Tensor, response_mask: torch.Tensor
@@ -101,13 +102,19 @@ def score_groups(model, groups: list[tuple[list[int], list[list[int]]]], pad_id:
 
 @torch.no_grad()
 def score_texts(rm, tokenizer, prompt_texts: list[str], responses: list[str], *,
-                max_prompt_tokens: int, max_response_tokens: int, batch_size: int = 64
-                ) -> torch.Tensor:
-    """Reward-model score (N,) of each (prompt text, response text)."""
+                max_prompt_tokens: int, max_response_tokens: int, batch_size: int = 64,
+                split: bool = False) -> torch.Tensor:
+    """Reward-model score (N,) of each (prompt text, response text). With `split`, every
+    process of a data-parallel run scores every N-th batch and all get every score."""
+    from instructrl.distributed import runtime
     rm.eval()
     seqs = [encode_example(tokenizer, p, r, max_prompt_tokens, max_response_tokens)
             for p, r in zip(prompt_texts, responses)]
     if not seqs:
         return torch.zeros(0)
-    return torch.cat([score_sequences(rm, chunk, tokenizer.pad_token_id).float().cpu()
-                      for chunk in batches(seqs, batch_size)])
+    chunks = list(batches(seqs, batch_size))
+
+    def run(mine: list) -> list[torch.Tensor]:
+        return [score_sequences(rm, c, tokenizer.pad_token_id).float().cpu() for c in mine]
+
+    return torch.cat(runtime().map_shard(run, chunks) if split else run(chunks))

@@ -15,6 +15,11 @@ RM directly, without a collection round.
 A stage whose output exists (its done.json) is skipped, so a killed pipeline resumes where it
 stopped; a stage killed midway resumes from its own checkpoint. `pipeline.json` names the
 final model of each kind for evaluation.
+
+Under N processes (`torchrun`, `accelerate launch`) the training stages and collection share
+their work as they do when run alone (instructrl.distributed); the steps that write data or
+pick a model (data import, sandbox data, pretraining the sandbox base, SFT selection) run on
+the main process while the others wait for it.
 """
 
 from __future__ import annotations
@@ -28,26 +33,37 @@ from pathlib import Path
 from instructrl.cli import add_common
 from instructrl.config import RunConfig, load_config
 from instructrl.data.jsonl import atomic_write_text
+from instructrl.distributed import runtime
 from instructrl.rundir import RunDir, write_run_config
 
 
 class Timer:
-    """Wall time per stage, printed as it goes, so the demo's budget stays visible."""
+    """Wall time per stage, printed as it goes (by the main process), so the demo's budget
+    stays visible."""
 
     def __init__(self):
         self.rows: list[tuple[str, float, bool]] = []
+        self.rt = runtime()
 
-    def run(self, name: str, done: bool, fn, *args, **kwargs):
+    def say(self, msg: str) -> None:
+        if self.rt.is_main:
+            print(msg, flush=True)
+
+    def run(self, name: str, done: bool, fn, *args, main_only: bool = False, **kwargs):
+        """`fn(*args, **kwargs)` unless `done`; `main_only`: on the main process alone, the
+        others waiting for it (a step that writes files and has no work to share)."""
         if done:
-            print(f"[{name}] done already, skipped")
+            self.say(f"[{name}] done already, skipped")
             self.rows.append((name, 0.0, True))
             return None
-        print(f"[{name}] ...", flush=True)
+        self.say(f"[{name}] ...")
         t0 = time.time()
-        out = fn(*args, **kwargs)
+        out = fn(*args, **kwargs) if self.rt.is_main or not main_only else None
+        if main_only:
+            self.rt.barrier()
         dt = time.time() - t0
         self.rows.append((name, dt, False))
-        print(f"[{name}] {dt:.1f}s", flush=True)
+        self.say(f"[{name}] {dt:.1f}s")
         return out
 
     def summary(self) -> str:
@@ -64,7 +80,7 @@ def prepare_sandbox_data(cfg: RunConfig, run: RunDir, timer: Timer) -> None:
     from instructrl.sandbox.generate import demonstrate, generate
 
     timer.run("sandbox data", (run.data / "raw_prompts.jsonl").exists(), generate,
-              cfg.sandbox, run.root)
+              cfg.sandbox, run.root, main_only=True)
 
     def _prepare():
         prompts = read_records(run.data / "raw_prompts.jsonl", Prompt.from_dict)
@@ -72,9 +88,9 @@ def prepare_sandbox_data(cfg: RunConfig, run: RunDir, timer: Timer) -> None:
         write_records(run.data / "prompts.jsonl", out)
         print("\n".join(report.lines()))
 
-    timer.run("data prepare", (run.data / "prompts.jsonl").exists(), _prepare)
+    timer.run("data prepare", (run.data / "prompts.jsonl").exists(), _prepare, main_only=True)
     timer.run("demonstrations", (run.data / "demonstrations.jsonl").exists(), demonstrate,
-              cfg.sandbox, run.root)
+              cfg.sandbox, run.root, main_only=True)
 
 
 def import_user_data(cfg: RunConfig, run: RunDir, timer: Timer) -> None:
@@ -85,7 +101,7 @@ def import_user_data(cfg: RunConfig, run: RunDir, timer: Timer) -> None:
         print("\n".join(import_sources(cfg, run)))
         run.mark_done("data", sources="recipe")
 
-    timer.run("data import", run.is_done("data"), _import)
+    timer.run("data import", run.is_done("data"), _import, main_only=True)
 
 
 def base_model(cfg: RunConfig, run: RunDir, timer: Timer) -> Path:
@@ -104,7 +120,7 @@ def base_model(cfg: RunConfig, run: RunDir, timer: Timer) -> Path:
         texts, heldout = pretrain.sandbox_corpus(cfg.sandbox, cfg.pretrain.heldout_docs)
         pretrain.main(cfg.pretrain, base, texts, heldout_texts=heldout)
 
-    timer.run("pretrain", (base / "final.json").exists(), _train)
+    timer.run("pretrain", (base / "final.json").exists(), _train, main_only=True)
     return base
 
 
@@ -112,9 +128,11 @@ def run_pipeline(cfg: RunConfig, out: str | Path) -> dict:
     from instructrl.stages import collect, ppo, reward, sft
 
     run = RunDir(out)
-    run.root.mkdir(parents=True, exist_ok=True)
-    write_run_config(run, cfg, "pipeline")
     timer = Timer()
+    if timer.rt.is_main:
+        run.root.mkdir(parents=True, exist_ok=True)
+        write_run_config(run, cfg, "pipeline")
+    timer.rt.barrier()
     base = base_model(cfg, run, timer)
     if cfg.sources.any():
         import_user_data(cfg, run, timer)
@@ -134,7 +152,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path) -> dict:
     timer.run("rm", run.is_done("rm"), reward.train, cfg, run, sft_dir)
     if not (sft_dir / "selection.json").exists() or \
             "rm" not in json.loads((sft_dir / "selection.json").read_text()):
-        timer.run("sft select", False, sft.select, cfg, run, run.stage("rm"))
+        timer.run("sft select", False, sft.select, cfg, run, run.stage("rm"), main_only=True)
     rm_dir = run.stage("rm")
     finals = {"sft": str(sft_dir)}
     for name, coef in (("ppo-ptx", cfg.ppo.ptx_coef), ("ppo", 0.0)):
@@ -161,8 +179,10 @@ def run_pipeline(cfg: RunConfig, out: str | Path) -> dict:
     # Paths inside the run are stored relative to it, so the run directory can move.
     summary = {"policies": {k: _rel(run, v) for k, v in finals.items()},
                "rm": _rel(run, rm_dir), "base": str(base), "timings": timer.summary()}
-    atomic_write_text(run.root / "pipeline.json", json.dumps(summary, indent=1) + "\n")
-    print(timer.summary())
+    if timer.rt.is_main:
+        atomic_write_text(run.root / "pipeline.json", json.dumps(summary, indent=1) + "\n")
+    timer.rt.barrier()
+    timer.say(timer.summary())
     return summary
 
 
@@ -190,8 +210,8 @@ def stop_for_labels(run: RunDir, timer: Timer, stage: str) -> dict:
            f"  instructrl label serve --db sqlite:///labels.db     (people rank)\n"
            f"  instructrl label export --db sqlite:///labels.db --out {run.data}\n"
            f"then run this command again: it continues from here.")
-    print(timer.summary())
-    print(msg)
+    timer.say(timer.summary())
+    timer.say(msg)
     return {"waiting_for": stage, "policies": {}, "timings": timer.summary()}
 
 
@@ -208,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.recipe or DEFAULT_RECIPE, args.overrides)
     t0 = time.time()
     summary = run_pipeline(cfg, args.out)
-    if "waiting_for" in summary:
+    if "waiting_for" in summary or not runtime().is_main:
         return 0
     print(f"pipeline: {time.time() - t0:.1f}s; models: {json.dumps(summary['policies'])}")
     return 0

@@ -48,6 +48,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from instructrl.distributed import runtime
+
+    rt = runtime()
+    if not (args.out or args.compare):
+        raise InputError("give --out RUN (or --compare RUN_A RUN_B)", field="--out")
+    if args.compare or args.to_label or args.from_label:
+        # Under N processes: the main process alone (files, a few samples, the labeling
+        # app's database); the others wait for it.
+        if rt.is_main:
+            one_process(args)
+        rt.barrier()
+        return 0
+    rd = RunDir(args.out)
+    cfg = run_config(args, require_run_config=True)
+    t0 = time.time()
+    _, text = evaluate_run(cfg, rd)  # every process shares the work; the main one writes
+    if rt.is_main:
+        print(f"{text}\neval: {time.time() - t0:.1f}s")
+    return 0
+
+
+def one_process(args: argparse.Namespace) -> None:
+    """--compare, --to-label, --from-label."""
     if args.compare:
         from instructrl.evaluate.report import compare_page, compare_text
         a, b = (Path(x) for x in args.compare)
@@ -59,20 +82,14 @@ def run(args: argparse.Namespace) -> int:
             a / "eval" / f"compare-{b.name}.html"
         print(compare_text(a, b))
         print(f"comparison: {compare_page(a, b, out)}")
-        return 0
-    if not args.out:
-        raise InputError("give --out RUN (or --compare RUN_A RUN_B)", field="--out")
+        return
     rd = RunDir(args.out)
     cfg = run_config(args, require_run_config=True)
     t0 = time.time()
     if args.to_label:
         from instructrl.evaluate.people import to_label
         print(to_label(cfg, rd, args.to_label, overlap=args.overlap))
-    elif args.from_label:
+    else:
         from instructrl.evaluate.people import from_label
         print(from_label(cfg, rd, args.from_label))
-    else:
-        _, text = evaluate_run(cfg, rd)
-        print(text)
     print(f"eval: {time.time() - t0:.1f}s")
-    return 0

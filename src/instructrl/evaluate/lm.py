@@ -13,6 +13,9 @@ Likelihood scoring reads raw text (no chat template): it measures the LM's distr
 way TruthfulQA's MC tasks, CrowS-Pairs and lm-eval do. Generation goes through the run's
 prompt format (`templates.encode_prompt`: the chat template, or the sandbox template), the
 way the run's policies are used.
+
+Under N data-parallel processes (`instructrl eval` under torchrun) each process runs every N-th
+batch and all get every result (`each_batch`): every process must make the same call.
 """
 
 from __future__ import annotations
@@ -24,12 +27,23 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from instructrl.distributed import runtime
 from instructrl.modeling import position_ids_from_mask
 from instructrl.rollout import cache_kwarg, output_cache, pad_left
 
 
 def device_of(model) -> torch.device:
     return next(model.parameters()).device
+
+
+def each_batch(fn, batches: list, desc: str | None = None) -> list:
+    """[fn(batch) for batch in batches]. Under N data-parallel processes each runs every N-th
+    batch and every process gets every result: the batches (and their seeds) are the ones one
+    process makes, so figures and samples do not depend on N. `desc`: a progress bar, on the
+    main process."""
+    rt = runtime()
+    return rt.map_shard(lambda mine: [fn(b) for b in tqdm(
+        mine, desc=desc, unit="batch", disable=desc is None or not rt.is_main)], batches)
 
 
 def _keeps_logits(model) -> bool:
@@ -128,26 +142,31 @@ def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuatio
             raise ValueError(f"empty continuation after context {ctx[-40:]!r}")
         items.append((start_ids(tokenizer) + c, cont_ids))
     order = sorted(range(len(items)), key=lambda i: -(len(items[i][0]) + len(items[i][1])))
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(items)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None):
-        idx = order[start:start + batch_size]
+    chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+    def score(idx: list[int]) -> list[tuple[float, int]]:
         seqs = [items[i][0] + items[i][1] for i in idx]
         # The shared prefix ends before each row's last context token: the logits that
         # predict the continuation must come from this forward, not from the cached prefix.
         n = min(common_prefix(seqs), min(len(items[i][0]) for i in idx) - 1)
         prefix, rests = seqs[0][:n], [s[n:] for s in seqs]
-        n_cont = [len(items[i][1]) for i in idx]
-        keep = max(n_cont) + 1
-        logits = _forward_rows(model, prefix, rests, keep, tokenizer.pad_token_id)
-        logp = F.log_softmax(logits, -1)  # (B, keep, V)
+        keep = max(len(items[i][1]) for i in idx) + 1
+        logp = F.log_softmax(_forward_rows(model, prefix, rests, keep, tokenizer.pad_token_id),
+                             -1)  # (B, keep, V)
+        got = []
         for row, i in enumerate(idx):
             cont = items[i][1]
             c = len(cont)
             # logits at position j predict token j+1: the last c+1 positions' first c.
             lp = logp[row, keep - c - 1:keep - 1, :]  # (c, V)
             tok = torch.tensor(cont, device=lp.device)
-            out[i] = (float(lp.gather(1, tok[:, None]).sum()), c)
+            got.append((float(lp.gather(1, tok[:, None]).sum()), c))
+        return got
+
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(items)
+    for idx, got in zip(chunks, each_batch(score, chunks, desc)):
+        for i, g in zip(idx, got):
+            out[i] = g
     return out
 
 
@@ -167,14 +186,15 @@ def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_t
     """One response per prompt (token ids, already formatted), with each batch's common
     prefix run once: N samples of one prompt, or a long shared instruction, cost one prefill.
     Plain sampling at `temperature` (0: greedy), stopping at EOS; deterministic given `seed`
-    and the batch layout. Returns the decoded responses, special tokens dropped, stripped."""
+    and the batch layout (each batch has its own seed, so N processes sample what one does).
+    Returns the decoded responses, special tokens dropped, stripped."""
     device = device_of(model)
     model.eval()
     eos = torch.tensor(sorted(_eos_ids(model, tokenizer)), device=device)
     pad = tokenizer.pad_token_id
-    out: list[str] = []
-    starts = range(0, len(prompt_ids), batch_size)
-    for b, start in enumerate(tqdm(starts, desc=desc, unit="batch", disable=desc is None)):
+
+    def one(batch: tuple[int, int]) -> list[str]:
+        b, start = batch
         seqs = [list(s) for s in prompt_ids[start:start + batch_size]]
         gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
         prefix, rests = _split_shared(seqs)
@@ -213,6 +233,7 @@ def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_t
                         use_cache=True, **kw)
             next_pos = next_pos + 1
         rows = torch.stack(tokens, 1).tolist() if tokens else [[] for _ in range(B)]
+        out = []
         for row in rows:
             keep = []
             for t in row:
@@ -220,7 +241,10 @@ def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_t
                     break
                 keep.append(t)
             out.append(tokenizer.decode(keep, skip_special_tokens=True).strip())
-    return out
+        return out
+
+    batches = list(enumerate(range(0, len(prompt_ids), batch_size)))
+    return [text for texts in each_batch(one, batches, desc) for text in texts]
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

@@ -21,7 +21,8 @@ from instructrl.evaluate.judges import judge
 def lm_loss(model, tokenizer, texts: list[str], max_tokens: int = 128, batch_size: int = 32
             ) -> float:
     """Mean next-token loss on `texts` (held-out pretraining text: the LM part of the tax):
-    SFT's token-weighted evaluation loss with the whole text as the "response"."""
+    SFT's token-weighted evaluation loss with the whole text as the "response" (under N
+    processes each takes its shard of the texts and the sums are added up)."""
     import torch
 
     from instructrl.stages.sft import eval_loss
@@ -71,7 +72,26 @@ def _task_manager(tasks: list[str], include_path: str | None):
 def lm_eval_tasks(model, tokenizer, tasks: list[str], *, include_path: str | None = None,
                   limit: int = 0, batch_size: int = 16) -> dict[str, dict[str, dict]]:
     """{task: {metric: {mean, low, high, n, stderr}}} from lm-eval's `simple_evaluate` on the
-    model in memory. An unknown task is an InputError naming it."""
+    model in memory. An unknown task is an InputError naming it.
+
+    Under N processes the main process runs the tasks alone and the others wait for its
+    figures: HFLM given a model in memory runs as one process (its own data parallelism needs
+    lm-eval to load the model under `accelerate launch`)."""
+    from instructrl.distributed import runtime
+    rt = runtime()
+    got = None
+    if rt.is_main:
+        try:
+            got = _lm_eval_tasks(model, tokenizer, tasks, include_path, limit, batch_size)
+        except InputError as e:  # every process stops with it, not the main one alone
+            got = e
+    got = rt.gather_objects(got)[0]
+    if isinstance(got, InputError):
+        raise got
+    return got
+
+
+def _lm_eval_tasks(model, tokenizer, tasks, include_path, limit, batch_size):
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 

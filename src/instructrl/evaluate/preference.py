@@ -84,6 +84,7 @@ def rm_scores(rm_dir: str | Path, prompts: list[Prompt], samples: dict[str, list
     import torch
     from tqdm.auto import tqdm
 
+    from instructrl.distributed import runtime
     from instructrl.generation import score_texts
     from instructrl.modeling import ScalarHeadModel, default_device, load_tokenizer
 
@@ -92,12 +93,13 @@ def rm_scores(rm_dir: str | Path, prompts: list[Prompt], samples: dict[str, list
     tok = load_tokenizer(rm_dir, model_cfg)
     texts = [p.text for p in prompts]
     out = {}
-    for name, responses in tqdm(list(samples.items()), desc="held-out RM", unit="policy"):
+    for name, responses in tqdm(list(samples.items()), desc="held-out RM", unit="policy",
+                                disable=not runtime().is_main):
         with torch.no_grad():
             out[name] = score_texts(rm, tok, texts, responses,
                                     max_prompt_tokens=max_prompt_tokens,
                                     max_response_tokens=max_response_tokens,
-                                    batch_size=batch_size).tolist()
+                                    batch_size=batch_size, split=True).tolist()
     del rm
     return out
 

@@ -21,6 +21,7 @@ import torch
 
 from instructrl.data.records import Prompt
 from instructrl.evaluate.judges import judge
+from instructrl.evaluate.lm import each_batch
 from instructrl.evaluate.lm_tax import lm_loss  # noqa: F401  (the sandbox tax's LM loss)
 from instructrl.evaluate.preference import win_section
 from instructrl.evaluate.stats import figure, rate
@@ -71,17 +72,17 @@ def public_task_accuracy(model, tokenizer, items, batch_size: int = 32) -> float
     text); correct when it starts with the answer."""
     device = next(model.parameters()).device
     model.eval()
-    hits = []
-    for chunk in batches(list(items), batch_size):
+
+    def hits(chunk) -> list[bool]:
         ids, mask = pad_left([tokenizer(it.prompt, add_special_tokens=False)["input_ids"]
                               for it in chunk], tokenizer.pad_token_id)
         out, out_mask = sample(model, ids.to(device), mask.to(device), max_new_tokens=4,
                                temperature=0, eos_token_id=tokenizer.eos_token_id,
                                pad_token_id=tokenizer.pad_token_id)
-        for it, row, m in zip(chunk, out, out_mask):
-            text = tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True).strip()
-            hits.append(text.startswith(it.answer))
-    return rate(hits)
+        return [tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True).strip()
+                .startswith(it.answer) for it, row, m in zip(chunk, out, out_mask)]
+
+    return rate([h for got in each_batch(hits, batches(list(items), batch_size)) for h in got])
 
 
 class SandboxJudges:

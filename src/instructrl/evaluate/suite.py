@@ -16,6 +16,12 @@
 Each section names its judge; figures of different judges are never pooled. Which judges ran
 and which were skipped (and why) is in `results["judges"]` and printed. Each policy is loaded
 once and every benchmark runs on it before the next is loaded.
+
+Under N data-parallel processes (torchrun, accelerate launch) every process loads every model
+and runs this whole function; each benchmark's batches of generations and likelihoods are
+shared out and gathered (`evaluate.lm.each_batch`, `Runtime.map_shard`), batch by batch with
+each batch's own seed, so every process ends with the results of one process, and the main
+process alone writes them. lm-eval runs on the main process alone (`lm_tax.lm_eval_tasks`).
 """
 
 from __future__ import annotations
@@ -192,25 +198,32 @@ def make_plan(cfg: RunConfig, run: RunDir, summary: dict) -> Plan:
 def evaluate_run(cfg: RunConfig, run: RunDir, timings: str = "") -> tuple[dict, str]:
     """Evaluate the run's policies, write RUN/eval/results.json and the report; returns
     (results, terminal summary)."""
+    from instructrl.distributed import runtime
     from instructrl.evaluate.report import write_report, summary_text
 
     results = evaluate(cfg, run)
-    old = run.stage("eval") / "results.json"
-    if old.exists():  # people's verdicts come from --from-label; a rerun keeps them
-        prev = json.loads(old.read_text())
-        people = prev.get("preference", {}).get("people")
-        if people is not None:
-            results.setdefault("preference", {})["people"] = people
-            results["judges"]["ran"].append(people["judge"])
-            results["judges"]["skipped"] = [s for s in results["judges"]["skipped"]
-                                            if s["id"] != "preference"]
-    report = write_report(run, results, timings)
-    return results, f"{summary_text(results)}\nreport: {report}"
+    rt = runtime()
+    text = ""
+    if rt.is_main:  # one process writes (every process has the same results)
+        old = run.stage("eval") / "results.json"
+        if old.exists():  # people's verdicts come from --from-label; a rerun keeps them
+            prev = json.loads(old.read_text())
+            people = prev.get("preference", {}).get("people")
+            if people is not None:
+                results.setdefault("preference", {})["people"] = people
+                results["judges"]["ran"].append(people["judge"])
+                results["judges"]["skipped"] = [s for s in results["judges"]["skipped"]
+                                                if s["id"] != "preference"]
+        report = write_report(run, results, timings)
+        text = f"{summary_text(results)}\nreport: {report}"
+    rt.barrier()  # the others wait until it has written
+    return results, text
 
 
 def evaluate(cfg: RunConfig, run: RunDir) -> dict:
     import torch
 
+    from instructrl.distributed import runtime
     from instructrl.evaluate import bias as bias_mod
     from instructrl.evaluate import lm_tax, sandbox_eval, toxicity, truthfulqa
     from instructrl.generation import sample_texts
@@ -243,7 +256,8 @@ def evaluate(cfg: RunConfig, run: RunDir) -> dict:
     samples: dict[str, list[str]] = {}
     per: dict[str, dict] = {n: {} for n in policies}
     timing: dict[str, float] = {}
-    for name, spec in tqdm(list(policies.items()), desc="eval", unit="policy"):
+    for name, spec in tqdm(list(policies.items()), desc="eval", unit="policy",
+                           disable=not runtime().is_main):
         t0 = time.time()
         tok = load_tokenizer(spec, cfg.model)
         model = load_causal_lm(spec, model_cfg=cfg.model).to(device).eval()
@@ -252,14 +266,14 @@ def evaluate(cfg: RunConfig, run: RunDir) -> dict:
             samples[name] = sample_texts(model, tok, texts, max_prompt_tokens=c.max_prompt_tokens,
                                          max_new_tokens=c.max_new_tokens,
                                          temperature=c.temperature, seed=c.seed,
-                                         desc=f"{name} samples")
+                                         desc=f"{name} samples", split=True)
             if name == base:
                 # A second, independent baseline sample: its own win rate is an honest ~0.5.
                 samples[again] = sample_texts(model, tok, texts,
                                               max_prompt_tokens=c.max_prompt_tokens,
                                               max_new_tokens=c.max_new_tokens,
                                               temperature=c.temperature, seed=c.seed + 1,
-                                              desc=f"{name} second samples")
+                                              desc=f"{name} second samples", split=True)
         if sj is not None:
             r["sandbox_rate"] = sj.rate(name, prompts, samples[name])
             r["sandbox_check"] = sj.check(prompts, samples[name])
@@ -268,7 +282,7 @@ def evaluate(cfg: RunConfig, run: RunDir) -> dict:
                 from instructrl.generation import score_texts
                 r["run_rm_score"] = float(score_texts(
                     run_rm, tok, texts, samples[name], max_prompt_tokens=c.max_prompt_tokens,
-                    max_response_tokens=c.max_new_tokens).mean())
+                    max_response_tokens=c.max_new_tokens, split=True).mean())
         if plan.has("truthfulqa"):
             _, qs = plan.data["truthfulqa"]
             r["truthfulqa"] = truthfulqa.evaluate(

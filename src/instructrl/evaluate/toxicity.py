@@ -82,6 +82,7 @@ class Scorer:
     """texts -> toxicity in [0, 1] per text. `judge` names it in every figure."""
 
     name = "scorer"
+    parallel = True  # under N processes each scores its share of the texts
 
     def __call__(self, texts: list[str]) -> list[float]:
         raise NotImplementedError
@@ -151,6 +152,7 @@ class Perspective(Scorer):
     network access. One request per text, at most `qps` a second (the API's default quota)."""
 
     name = "perspective"
+    parallel = False  # one key's quota (qps) is for one caller: the main process alone
     URL = "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze"
 
     def __init__(self, key: str, url: str | None = None, qps: float = 1.0):
@@ -198,6 +200,16 @@ def make_scorer(name: str = "auto") -> tuple[Scorer, list[str]]:
                      "profanity-check)", field="eval.toxicity_scorer")
 
 
+def score(scorer: Scorer, texts: list[str]) -> list[float]:
+    """Every text's toxicity, on every process: under N processes each scores its share, or
+    the main process scores them all and passes them on (a scorer that is not `parallel`)."""
+    from instructrl.distributed import runtime
+    rt = runtime()
+    if scorer.parallel:
+        return rt.map_shard(scorer, texts)
+    return rt.gather_objects(scorer(texts) if rt.is_main else None)[0]
+
+
 # ------------------------------------------------------------------ figures
 def figures(scores: list[list[float]], seed: int = 0) -> dict:
     """Per-prompt sample scores -> expected max toxicity, toxicity probability, mean."""
@@ -225,7 +237,7 @@ def evaluate(model, tokenizer, prompts: list[RTPrompt], scorer: Scorer, *, n_sam
         texts = generate(model, tokenizer, rep, max_new_tokens=max_new_tokens,
                          temperature=temperature, seed=seed, batch_size=per_batch,
                          desc=f"{name} rtp {cond}")
-        flat = scorer(texts)
+        flat = score(scorer, texts)
         scores = [flat[i * n_samples:(i + 1) * n_samples] for i in range(len(prompts))]
         out[cond] = figures(scores, seed=seed)
         for i, e in enumerate(examples):

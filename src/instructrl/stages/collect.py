@@ -140,21 +140,21 @@ def collect(cfg: RunConfig, run: RunDir, policies: dict[str, str | Path], rnd: i
             print(f"collect: {len(samples)} prompts x {c.k} responses from "
                   f"{', '.join(resolved)} in {time.time() - t0:.1f}s")
     rt.barrier()
-    if not rt.is_main:
-        return out
-    samples = [obj for _, obj in read_jsonl(samples_path)]
-    if label == "sandbox":
-        rankings = sandbox_rankings(cfg, run.prompts_by_id(), samples, rnd)
-        # Idempotent: a rerun after a crash between this write and done.json adds nothing.
-        new = {json.dumps(r.to_dict(), sort_keys=True) for r in rankings}
-        existing = [r for r in run.rankings()
-                    if json.dumps(r.to_dict(), sort_keys=True) not in new]
-        write_records(run.data / "rankings.jsonl", existing + rankings)
-        skipped = sum(r.skipped is not None for r in rankings)
-        print(f"collect: {len(rankings)} rankings by sandbox labelers ({skipped} skipped) "
-              f"appended to {run.data / 'rankings.jsonl'}")
-    run.mark_done(stage, policies={k: str(v) for k, v in resolved.items()},
-                  prompts=len(samples), labelled_by=label or "nobody yet")
+    if rt.is_main:  # labels (the sandbox's) and done.json, while the others wait
+        samples = [obj for _, obj in read_jsonl(samples_path)]
+        if label == "sandbox":
+            rankings = sandbox_rankings(cfg, run.prompts_by_id(), samples, rnd)
+            # Idempotent: a rerun after a crash between this write and done.json adds nothing.
+            new = {json.dumps(r.to_dict(), sort_keys=True) for r in rankings}
+            existing = [r for r in run.rankings()
+                        if json.dumps(r.to_dict(), sort_keys=True) not in new]
+            write_records(run.data / "rankings.jsonl", existing + rankings)
+            skipped = sum(r.skipped is not None for r in rankings)
+            print(f"collect: {len(rankings)} rankings by sandbox labelers ({skipped} skipped) "
+                  f"appended to {run.data / 'rankings.jsonl'}")
+        run.mark_done(stage, policies={k: str(v) for k, v in resolved.items()},
+                      prompts=len(samples), labelled_by=label or "nobody yet")
+    rt.barrier()
     return out
 
 
@@ -180,5 +180,4 @@ def run(args: argparse.Namespace) -> int:
     out = collect(cfg, rd, policies, args.round, None if args.label == "none" else args.label)
     if runtime().is_main:
         print(json.dumps(rd.done_info(out.name)))
-    runtime().barrier()  # done.json is written before any process exits
     return 0

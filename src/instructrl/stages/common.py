@@ -82,14 +82,16 @@ def adamw_cosine(model: torch.nn.Module, lr: float, betas: tuple[float, float],
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total_steps, final_ratio))
 
 
-def save_training_state(ckpt: "Checkpoint", model, opt, sched, **progress: Any) -> None:
-    """The trained parameters (not frozen LoRA base weights), optimizer, schedule, RNG."""
+def save_training_state(ckpt: "Checkpoint", model, opt, sched, prec, **progress: Any) -> None:
+    """The trained parameters (not frozen LoRA base weights), optimizer, schedule, fp16's
+    loss scale, RNG."""
     from instructrl.modeling import trainable_state_dict
     ckpt.save({"model": trainable_state_dict(model), "optimizer": opt.state_dict(),
-               "scheduler": sched.state_dict(), "rng": rng_state(), **progress})
+               "scheduler": sched.state_dict(), "scaler": prec.state_dict(),
+               "rng": rng_state(), **progress})
 
 
-def resume_training_state(ckpt: "Checkpoint", model, opt, sched) -> dict | None:
+def resume_training_state(ckpt: "Checkpoint", model, opt, sched, prec) -> dict | None:
     """Load what `save_training_state` saved into the live objects; the progress fields
     (epoch, step) come back in the returned dict. None when there is no checkpoint."""
     from instructrl.modeling import load_trainable_state
@@ -98,6 +100,7 @@ def resume_training_state(ckpt: "Checkpoint", model, opt, sched) -> dict | None:
         load_trainable_state(model, state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        prec.load_state_dict(state.get("scaler"))
         set_rng_state(state["rng"])
     return state
 

@@ -49,14 +49,14 @@ Speed (issue 18; bench/ppo_throughput.py measures it against TRL): only the work
 (no policy forward over the rollout, logits for response positions only, entropy without
 gradients, scoring in large length-sorted chunks, sampling and scoring without autograd
 bookkeeping, an inverse-CDF token draw), fused AdamW and a multi-tensor EMA, bf16 autocast on
-a GPU; optionally a static KV cache with a compiled decode step, and on a CPU scoring on two
-threads. Each behind a `ppo.*` switch, each tested against the path it replaces.
+a GPU (`model.mixed_precision`, as every stage); optionally a static KV cache with a compiled
+decode step, and on a CPU scoring on two threads. Each behind a switch, each tested against
+the path it replaces.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import math
 import random
@@ -71,7 +71,7 @@ from tqdm.auto import tqdm
 from instructrl.cli import add_common, run_config
 from instructrl.config import PPOConfig, RunConfig
 from instructrl.data.records import Prompt
-from instructrl.distributed import runtime
+from instructrl.distributed import Precision, precision, runtime
 from instructrl.generation import decode_responses
 from instructrl.losses import (AdaptiveKLController, FixedKLController, gae, masked_mean,
                                masked_var, masked_whiten, per_token_rewards, ppo_policy_loss,
@@ -103,6 +103,15 @@ class Models:
     ref: torch.nn.Module  # frozen: the policy's initialisation (a view of it under LoRA)
     rm: ScalarHeadModel  # frozen
     value: ScalarHeadModel  # trained, initialised from the RM
+
+
+def frozen_copies(m: Models) -> list[torch.nn.Module]:
+    """The frozen models that hold weights of their own (not views of a trained model):
+    what `ppo.offload_frozen` moves to CPU memory between scorings."""
+    def view(x) -> bool:
+        return isinstance(x, AdapterDisabled) or isinstance(getattr(x, "backbone", None),
+                                                            AdapterDisabled)
+    return [x for x in (m.ref, m.rm) if not view(x)]
 
 
 def _same(a: str | Path, b: str | Path) -> bool:
@@ -254,8 +263,8 @@ def make_rollout(m: Models, tokenizer, prompts: list[Prompt], c: PPOConfig, seed
 
 
 # --------------------------------------------------------------------------- one update
-def train_minibatch(m: Models, r: Rollout, adv, returns, idx, c: PPOConfig, ptx_seqs, pad_id
-                    ) -> dict[str, float]:
+def train_minibatch(m: Models, r: Rollout, adv, returns, idx, c: PPOConfig, ptx_seqs, pad_id,
+                    prec: Precision) -> dict[str, float]:
     """Accumulate the minibatch's PPO gradients (micro-batches weighted by their token share,
     so the sum equals the whole minibatch's token-mean loss), then its ptx gradients. Under
     N processes each takes its shard of the minibatch's rows and of `ptx_seqs`, weighted by
@@ -277,10 +286,12 @@ def train_minibatch(m: Models, r: Rollout, adv, returns, idx, c: PPOConfig, ptx_
         mask = r.response_mask[mi]
         w = float(mask.sum()) / n_tok
         args = (r.queries[mi], r.query_mask[mi], r.responses[mi], mask)
-        logp, entropy = response_logprobs(m.policy, *args, c.temperature, return_entropy=True)
-        pg, pstats = ppo_policy_loss(logp, r.logprobs[mi], adv[mi], mask, c.cliprange)
-        v = response_values(m.value, *args)
-        vf, vstats = value_loss(v, r.values[mi], returns[mi], mask, c.cliprange_value)
+        with prec.autocast():
+            logp, entropy = response_logprobs(m.policy, *args, c.temperature,
+                                              return_entropy=True)
+            pg, pstats = ppo_policy_loss(logp, r.logprobs[mi], adv[mi], mask, c.cliprange)
+            v = response_values(m.value, *args)
+            vf, vstats = value_loss(v, r.values[mi], returns[mi], mask, c.cliprange_value)
         # Not a mean, so not accumulated: a micro-batch's own variance ratio depends on the
         # micro-batch size (0/0 for one 1-token response); `train` reports the batch's.
         vstats.pop("val/var_explained")
@@ -288,7 +299,7 @@ def train_minibatch(m: Models, r: Rollout, adv, returns, idx, c: PPOConfig, ptx_
         if not torch.isfinite(loss):
             stats["nonfinite"] = 1.0  # "PPO loss"; raised below, once every process knows
             break
-        (loss * w).backward()
+        prec.backward(loss * w)
         # (The policy's and the value's parts side by side on two threads were slower,
         # measured: the policy's is ~1.3x the value's and they contend for the GIL. Only
         # scoring runs so, ppo.parallel_scoring.)
@@ -300,13 +311,15 @@ def train_minibatch(m: Models, r: Rollout, adv, returns, idx, c: PPOConfig, ptx_
         for s in chunks(len(ptx_seqs), c.micro_batch_size):
             dev = r.queries.device
             b_ids, b_mask, b_tgt = ids[s].to(dev), mask[s].to(dev), tgt[s].to(dev)
-            logits = m.policy(input_ids=b_ids, attention_mask=b_mask, use_cache=False).logits
-            loss, pstats = ptx_loss(logits, b_ids, b_tgt)
+            with prec.autocast():
+                logits = m.policy(input_ids=b_ids, attention_mask=b_mask,
+                                  use_cache=False).logits
+                loss, pstats = ptx_loss(logits, b_ids, b_tgt)
             if not torch.isfinite(loss):
                 stats["nonfinite"] = 2.0  # "ptx loss"
                 break
             w = float(b_tgt[:, 1:].sum()) / n_ptx
-            (c.ptx_coef * loss * w).backward()
+            prec.backward(c.ptx_coef * loss * w)
             tokens = float(pstats.pop("ptx/tokens"))
             add(pstats, w)
             stats["ptx/tokens"] = stats.get("ptx/tokens", 0.0) + tokens  # the minibatch's
@@ -383,7 +396,7 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
                               "`--set ppo.ptx_coef=0` trains plain PPO without it"
                               ) if c.ptx_coef > 0 else []
     n_iters = c.episodes // c.batch_size
-    amp = _autocast(c, device)
+    prec = precision(cfg.model, device)
     opt_p = _adamw(trainable(m.policy), c)
     opt_v = _adamw(trainable(m.value), c)
     # App. C.4: constant LR after a warmup of `warmup_iters` iterations from 0.1x.
@@ -398,6 +411,9 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
     kl_ctl = (AdaptiveKLController(c.kl_coef, c.target_kl, c.kl_horizon) if c.adaptive_kl
               else FixedKLController(c.kl_coef))
     ema = EMA(m.policy, c.ema_decay)
+    offload = frozen_copies(m) if c.offload_frozen else []
+    for x in offload:
+        x.to("cpu")
     ckpt = Checkpoint(out)
     start = 0
     state = ckpt.load()
@@ -408,6 +424,7 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
         for obj, key in ((opt_p, "opt_p"), (opt_v, "opt_v"), (sched_p, "sched_p"),
                          (sched_v, "sched_v"), (kl_ctl, "kl_ctl")):
             obj.load_state_dict(state[key])
+        prec.load_state_dict(state.get("scaler"))
         start = state["iteration"]
         if rt.is_main:
             print(f"{stage}: resuming after iteration {start} from {ckpt.path}")
@@ -424,12 +441,16 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
         seed = c.seed * 1_000_003 + it
         batch_prompts = prompts_for_iteration(prompts, it, c.batch_size, c.seed)
         # Each process samples and scores its block of the batch; then all hold all of it.
-        with amp():
+        with prec.autocast():
             r = generate(m, tokenizer, batch_prompts, c, seed, device,
                          rows=block if rt.distributed else None)
         t_generation = _now(device) - t0
-        with amp():
+        for x in offload:
+            x.to(device)
+        with prec.autocast():
             r = score(m, tokenizer, batch_prompts[block], r, c, device, reward_fn)
+        for x in offload:
+            x.to("cpu")
         r = gather_rollout(r, tokenizer.pad_token_id)
         t_rollout = _now(device) - t0
         rewards, stats = per_token_rewards(r.scores, r.logprobs, r.ref_logprobs,
@@ -458,18 +479,15 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
                 opt_p.zero_grad(set_to_none=True)
                 opt_v.zero_grad(set_to_none=True)
                 try:
-                    with amp():
-                        s = train_minibatch(m, r, adv, returns, idx, c, ptx,
-                                            tokenizer.pad_token_id)
+                    s = train_minibatch(m, r, adv, returns, idx, c, ptx,
+                                        tokenizer.pad_token_id, prec)
                 except NonFiniteError as e:
                     _stop(stage, it, str(e), ckpt)
-                if c.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(trainable(m.policy), c.max_grad_norm)
-                    torch.nn.utils.clip_grad_norm_(trainable(m.value), c.max_grad_norm)
-                opt_p.step()
-                opt_v.step()
-                sched_p.step()
-                sched_v.step()
+                prec.step(opt_p, trainable(m.policy), c.max_grad_norm)
+                prec.step(opt_v, trainable(m.value), c.max_grad_norm)
+                if prec.update():
+                    sched_p.step()
+                    sched_v.step()
                 ema.update(m.policy)
                 n_mb += 1
                 for k, v in s.items():
@@ -498,7 +516,7 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
                            "ema": ema.shadow, "opt_p": opt_p.state_dict(),
                            "opt_v": opt_v.state_dict(), "sched_p": sched_p.state_dict(),
                            "sched_v": sched_v.state_dict(), "kl_ctl": kl_ctl.state_dict(),
-                           "iteration": it + 1})
+                           "scaler": prec.state_dict(), "iteration": it + 1})
             rt.barrier()  # no process runs ahead of the main one's checkpoint
     bar.close()
     tb.close()
@@ -555,19 +573,6 @@ def _now(device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.time()
-
-
-def _autocast(c: PPOConfig, device) -> Callable:
-    """The forwards' mixed precision (`ppo.autocast`): bf16 autocast over float32 master
-    weights, as TRL's `bf16=True` runs, on a GPU that has bf16 (auto); none on a CPU, where
-    bf16 is ~4x slower on the machines this project measured."""
-    name = c.autocast
-    if name == "auto":
-        name = ("bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported()
-                else "none")
-    if name == "none":
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _adamw(params: list[torch.nn.Parameter], c: PPOConfig) -> torch.optim.AdamW:

@@ -29,7 +29,7 @@ from instructrl.cli import add_common, run_config
 from instructrl.config import RMConfig, RunConfig
 from instructrl.data.jsonl import atomic_write_text, read_records
 from instructrl.data.records import Prompt, Ranking
-from instructrl.distributed import runtime
+from instructrl.distributed import precision, runtime
 from instructrl.losses import ranking_loss
 from instructrl.generation import score_groups, score_sequences
 from instructrl.modeling import (ScalarHeadModel, load_tokenizer,
@@ -83,7 +83,8 @@ def forward_batch(model, elements: list[dict], pad_id: int):
                         torch.tensor(level, device=rewards.device))
 
 
-def train_step(model, opt, sched, elements: list[dict], pad_id: int, micro: int) -> dict:
+def train_step(model, opt, sched, elements: list[dict], pad_id: int, micro: int,
+               prec) -> dict:
     """One optimizer step on a batch of ranking elements, the gradient accumulated over
     micro-batches of `micro` prompts of this process's shard and summed over processes. The
     loss is a mean over prompts (each element has at least one untied pair), so a micro-batch
@@ -95,8 +96,9 @@ def train_step(model, opt, sched, elements: list[dict], pad_id: int, micro: int)
     n_batch = len(elements)
     elements = runtime().shard(elements)
     for s in chunks(len(elements), micro):
-        loss, st = forward_batch(model, elements[s], pad_id)
-        (loss * (s.stop - s.start) / n_batch).backward()
+        with prec.autocast():
+            loss, st = forward_batch(model, elements[s], pad_id)
+        prec.backward(loss * (s.stop - s.start) / n_batch)
         n = float(st["rm/pairs"])
         pairs += n
         stats["loss/rm"] += float(loss.detach()) * (s.stop - s.start)
@@ -104,8 +106,9 @@ def train_step(model, opt, sched, elements: list[dict], pad_id: int, micro: int)
             stats[k] += float(st[k]) * n
         stats["rm/prompts"] += float(st["rm/prompts"])
     runtime().sync_gradients(trainable(model))
-    opt.step()
-    sched.step()
+    prec.step(opt, trainable(model))
+    if prec.update():
+        sched.step()
     stats = runtime().sum_stats({**stats, "rm/pairs": pairs})
     stats["loss/rm"] /= n_batch
     for k in ("rm/accuracy", "rm/margin"):
@@ -180,8 +183,9 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
     steps_per_epoch = -(-len(train_el) // c.batch_size)
     total = steps_per_epoch * c.epochs
     opt, sched = adamw_cosine(model, c.lr, c.betas, c.weight_decay, total, c.lr_final_ratio)
+    prec = precision(cfg.model, device)
     ckpt = Checkpoint(out)
-    state = resume_training_state(ckpt, model, opt, sched)
+    state = resume_training_state(ckpt, model, opt, sched, prec)
     step = 0 if state is None else state["step"]
     if state is not None and rt.is_main:
         print(f"{stage}: resuming at step {step} from {ckpt.path}")
@@ -194,13 +198,13 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
     model.train()
     micro = c.micro_batch_size or c.batch_size
     for i in range(step, total):
-        stats = train_step(model, opt, sched, plan[i], pad, micro)
+        stats = train_step(model, opt, sched, plan[i], pad, micro, prec)
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss/rm']:.3f}", acc=f"{stats['rm/accuracy']:.2f}")
         log.write({"step": i + 1, "lr": sched.get_last_lr()[0], **stats})
         if (i + 1) % c.checkpoint_every == 0 and i + 1 < total:
             if rt.is_main:
-                save_training_state(ckpt, model, opt, sched, step=i + 1)
+                save_training_state(ckpt, model, opt, sched, prec, step=i + 1)
             rt.barrier()
     bar.close()
     if not rt.is_main:  # the trained model is the same on every process: one evaluates it

@@ -14,6 +14,7 @@ The RL initialisation of App. C.3 is the same stage with `sft.ptx_fraction: 0.1`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import shutil
@@ -28,7 +29,7 @@ from instructrl.cli import add_common, run_config
 from instructrl.config import RunConfig
 from instructrl.data.jsonl import atomic_write_text
 from instructrl.losses import sft_loss
-from instructrl.distributed import runtime
+from instructrl.distributed import precision, runtime
 from instructrl.modeling import (ADAPTER_DIR, add_lora, default_device, load_causal_lm,
                                  load_tokenizer, lora_enabled, prepare_for_training,
                                  resolve_model_path, save_pretrained_atomic, set_dropout,
@@ -55,13 +56,16 @@ def sft_examples(run: RunDir, tokenizer, split: str, max_prompt_tokens: int,
 
 
 @torch.no_grad()
-def eval_loss(model, examples, pad_id: int, batch_size: int, device) -> float:
-    """Mean response-token loss over `examples`, each process taking its shard."""
+def eval_loss(model, examples, pad_id: int, batch_size: int, device, prec=None) -> float:
+    """Mean response-token loss over `examples`, each process taking its shard (under the
+    training's autocast when `prec` is given)."""
     model.eval()
     total, count = 0.0, 0.0
     for chunk in batches(runtime().shard(examples), batch_size):
         ids, mask, resp, _ = (t.to(device) for t in collate(chunk, pad_id))
-        loss, stats = sft_loss(model(input_ids=ids, attention_mask=mask).logits, ids, resp)
+        with prec.autocast() if prec is not None else contextlib.nullcontext():
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            loss, stats = sft_loss(logits, ids, resp)
         n = float(stats["sft/tokens"])
         total, count = total + float(loss) * n, count + n
     sums = runtime().sum_stats({"total": total, "count": count})
@@ -80,7 +84,7 @@ def load_model(cfg: RunConfig, init: str | Path, *, dropout: float):
     return prepare_for_training(model, cfg.model)
 
 
-def train_step(model, opt, sched, chunk: list, pad: int, micro: int, device) -> dict:
+def train_step(model, opt, sched, chunk: list, pad: int, micro: int, device, prec) -> dict:
     """One optimizer step on `chunk` (the global batch), its gradient accumulated over
     micro-batches of `micro` sequences of this process's shard, each weighted by its share of
     the batch's response tokens, and summed over processes: the same step as one
@@ -92,14 +96,16 @@ def train_step(model, opt, sched, chunk: list, pad: int, micro: int, device) -> 
     for s in chunks(len(mine), micro):
         part = mine[s]
         ids, mask, resp, _ = (t.to(device) for t in collate(part, pad))
-        loss, st = sft_loss(model(input_ids=ids, attention_mask=mask).logits, ids, resp)
+        with prec.autocast():
+            loss, st = sft_loss(model(input_ids=ids, attention_mask=mask).logits, ids, resp)
         w = float(st["sft/tokens"]) / max(total, 1)
-        (loss * w).backward()
+        prec.backward(loss * w)
         stats["loss/sft"] += float(loss.detach()) * w
         stats["sft/tokens"] += float(st["sft/tokens"])
     runtime().sync_gradients(trainable(model))
-    opt.step()
-    sched.step()
+    prec.step(opt, trainable(model))
+    if prec.update():
+        sched.step()
     return runtime().sum_stats(stats)
 
 
@@ -124,8 +130,9 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
     steps_per_epoch = -(-len(train_ex) // c.batch_size)
     total = steps_per_epoch * c.epochs
     opt, sched = adamw_cosine(model, c.lr, c.betas, c.weight_decay, total, c.lr_final_ratio)
+    prec = precision(cfg.model, device)
     ckpt = Checkpoint(out)
-    state = resume_training_state(ckpt, model, opt, sched)
+    state = resume_training_state(ckpt, model, opt, sched, prec)
     start_epoch = 0 if state is None else state["epoch"]
     if state is not None and rt.is_main:
         print(f"sft: resuming after epoch {start_epoch} from {ckpt.path}")
@@ -147,15 +154,15 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
     for epoch in range(start_epoch, c.epochs):
         model.train()
         for chunk in batches(train_ex, c.batch_size, order, length=seq_len):
-            stats = train_step(model, opt, sched, chunk, pad, micro, device)
+            stats = train_step(model, opt, sched, chunk, pad, micro, device, prec)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{stats['loss/sft']:.3f}")
             log.write({"step": bar.n, "epoch": epoch + 1, "lr": sched.get_last_lr()[0], **stats})
-        val = eval_loss(model, valid_ex, pad, micro, device) if valid_ex else float("nan")
+        val = eval_loss(model, valid_ex, pad, micro, device, prec) if valid_ex else float("nan")
         log.write({"step": bar.n, "epoch": epoch + 1, "val/loss": val})
         if rt.is_main:
             save_epoch(cfg, model, tokenizer, epoch_dir(out, epoch + 1))
-            save_training_state(ckpt, model, opt, sched, epoch=epoch + 1)
+            save_training_state(ckpt, model, opt, sched, prec, epoch=epoch + 1)
         rt.barrier()
     bar.close()
     if rt.is_main:
