@@ -77,6 +77,17 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every process under it at once, as a lost machine would
+    (torchrun starts its workers in sessions of their own)."""
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
 def close(a: float, b: float, tol: float = 2e-4) -> bool:
     return abs(a - b) <= tol * max(1.0, abs(a), abs(b))
 
@@ -151,14 +162,7 @@ def test_sigkill_mid_ppo_under_two_processes_resumes_and_matches(two_runs, tiny_
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be killed"
-    # torchrun starts its workers in sessions of their own: kill the launcher and every
-    # process under it at once, as a lost machine would.
-    for pid in [proc.pid, *descendants(proc.pid)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
+    kill_tree(proc)
     time.sleep(0.5)
     assert checkpoint.exists() and not (runs[2] / "ppo-ptx" / "done.json").exists()
     out = launch(resume_nproc, killed)

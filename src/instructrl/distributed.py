@@ -20,8 +20,20 @@ PPO's four models share weights (the LoRA reference and RM are views of the poli
 value model with the adapter disabled), EMA and checkpoints address parameters by name, and a
 process whose shard is empty (a batch smaller than N) must still join the all-reduce. A sum
 of the trainable parameters' gradients after the backward passes is DDP's arithmetic without
-its wrapper. What this does not do is shard weights or optimizer state (FSDP, DeepSpeed
-ZeRO): every process must hold the whole model.
+its wrapper.
+
+Sharded weights (FSDP): launched with an accelerate config whose `distributed_type` is FSDP
+(`accelerate launch` exports ACCELERATE_USE_FSDP and FSDP_*), `wrap` shards a trained
+model's weights, gradients and optimizer state over the processes with torch's FSDP2
+(`fully_shard` on each transformer block, then on the whole model); gradients are then
+reduce-scattered by FSDP (as sums, like `sync_gradients`) instead of all-reduced here.
+`reshard_after_forward` follows the config (FULL_SHARD / true: ZeRO-3-like; SHARD_GRAD_OP /
+false: ZeRO-2-like), and FSDP_OFFLOAD_PARAMS keeps the shards in CPU memory. Every forward and
+backward of a sharded model is a collective, so every process must make the same number of
+them (`lockstep`), and checkpoints gather the whole state (`trainable_state`,
+`optimizer_state`) and load it back whatever the number of processes. DeepSpeed is not
+used: FSDP's two modes are ZeRO-2 and ZeRO-3's arithmetic. SFT and the RM train sharded;
+PPO does not yet (it says so).
 
 Precision lives here too (`precision`): `model.mixed_precision` (auto follows `accelerate
 launch --mixed_precision` / its config file, else bf16 on a GPU that has it and float32 on a
@@ -58,6 +70,11 @@ class Runtime:
             self.rank = 0
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+        self.fsdp = self.world > 1 and _env_true("ACCELERATE_USE_FSDP")
+        self.reshard_after_forward = True
+        if self.fsdp:
+            self.reshard_after_forward = _reshard_after_forward()
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0
@@ -88,11 +105,14 @@ class Runtime:
 
     def sync_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Sum the gradients of `params` over processes (one flat buffer per dtype). A
-        parameter without a gradient on this process contributes zeros."""
+        parameter without a gradient on this process contributes zeros. Sharded parameters
+        (FSDP's DTensors) are left alone: FSDP has summed their gradients already."""
         if not self.distributed:
             return
         by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
         for p in params:
+            if _is_sharded(p):
+                continue
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             by_dtype.setdefault(p.grad.dtype, []).append(p)
@@ -137,6 +157,142 @@ class Runtime:
         torch.distributed.all_gather_object(out, obj)
         return out
 
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """`model` with its weights sharded over the processes when launched with FSDP (see
+        the module's docstring); else `model` as it is. Call after `broadcast_parameters`
+        and before making the optimizer."""
+        if not self.fsdp:
+            return model
+        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
+
+        if any(not p.requires_grad for p in model.parameters()):
+            from instructrl.errors import InputError
+            raise InputError("FSDP shards models trained in full; LoRA's frozen base is not "
+                             "sharded yet: launch without FSDP (every process holds the "
+                             "model, which LoRA keeps small)", field="lora.r")
+        kw = {"reshard_after_forward": self.reshard_after_forward}
+        if _env_true("FSDP_OFFLOAD_PARAMS") and self.device.type != "cpu":
+            kw["offload_policy"] = CPUOffloadPolicy()  # (on a CPU they are there already)
+        blocks = {name for m in model.modules()
+                  for name in (getattr(m, "_no_split_modules", None) or [])}
+        for m in model.modules():
+            if type(m).__name__ in blocks:
+                fully_shard(m, **kw)
+        # Children the stages call directly (the RM's backbone and head) need hooks of their
+        # own; a child that shares a weight with another (tied embeddings) stays in the root's.
+        owners: dict[int, set[int]] = {}
+        for i, child in enumerate(model.children()):
+            for q in child.parameters():
+                owners.setdefault(id(q), set()).add(i)
+        for i, child in enumerate(model.children()):
+            params = list(child.parameters())
+            if params and all(owners[id(q)] == {i} for q in params):
+                fully_shard(child, **kw)
+        fully_shard(model, **kw)
+        for m in model.modules():
+            if isinstance(m, FSDPModule):
+                # Each process weighs its loss by its share of the global batch, so the
+                # gradients are summed, not averaged (and gloo has no pre-multiplied sum).
+                m.set_force_sum_reduction_for_comms(True)
+                m.set_gradient_divide_factor(1.0)
+        if self.is_main:
+            print(f"{type(model).__name__} sharded over {self.world} processes (FSDP2, "
+                  f"reshard after forward: {'yes' if self.reshard_after_forward else 'no'})",
+                  flush=True)
+        return model
+
+    def lockstep(self, n_mine: int, n_global: int, size: int) -> list[slice | None]:
+        """Slices of `size` over this process's shard (`n_mine` items of a global batch of
+        `n_global`). Sharded, every forward and backward is a collective that every process
+        joins, so the list is padded with None up to the largest shard's count: the caller
+        runs a pass of weight zero for each None."""
+        parts = [slice(s, min(s + size, n_mine)) for s in range(0, n_mine, size)]
+        if self.fsdp:
+            most = -(-(-(-n_global // self.world)) // size)
+            parts += [None] * (most - len(parts))
+        return parts
+
+    def trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The trained parameters by name, whole (gathered from the shards under FSDP, on
+        the main process; every process must call it then)."""
+        if not _has_sharded(model):
+            return {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             get_model_state_dict)
+        full = get_model_state_dict(model, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True, ignore_frozen_params=True))
+        trained = set(_trained_names(model))  # (buffers come along; they are not trained)
+        return {k: v for k, v in full.items() if k in trained}
+
+    def full_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Every weight and buffer of `model`, whole (see `trainable_state`)."""
+        if not _has_sharded(model):
+            return model.state_dict()
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             get_model_state_dict)
+        return get_model_state_dict(model, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
+
+    def load_trainable_state(self, model: torch.nn.Module, state: dict) -> None:
+        """`trainable_state`'s dict back into the live (possibly sharded) parameters; every
+        process passes the whole dict."""
+        from instructrl.modeling import load_trainable_state
+        if not _has_sharded(model):
+            return load_trainable_state(model, state)
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             set_model_state_dict)
+        set_model_state_dict(model, state, options=StateDictOptions(
+            full_state_dict=True, strict=False))
+
+    def optimizer_state(self, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
+        """`opt.state_dict()`, whole: in torch's own format (parameters by position) however
+        the weights were sharded, so a checkpoint resumes under any number of processes."""
+        if not _has_sharded(model):
+            return opt.state_dict()
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             get_optimizer_state_dict)
+        full = get_optimizer_state_dict(model, opt, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
+        if not self.is_main:
+            return {}
+        index = {name: i for i, name in enumerate(_trained_names(model))}
+        return {"state": {index[k]: v for k, v in full["state"].items()},
+                "param_groups": [{**g, "params": [index[k] for k in g["params"]]}
+                                 for g in full["param_groups"]]}
+
+    def load_optimizer_state(self, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                             state: dict) -> None:
+        if not _has_sharded(model):
+            return opt.load_state_dict(state)
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             set_optimizer_state_dict)
+        names = _trained_names(model)
+        by_name = {"state": {names[i]: v for i, v in state["state"].items()},
+                   "param_groups": [{**g, "params": [names[i] for i in g["params"]]}
+                                    for g in state["param_groups"]]}
+        set_optimizer_state_dict(model, opt, by_name, options=StateDictOptions(
+            full_state_dict=True))
+
+    @contextlib.contextmanager
+    def unsharded(self, model: torch.nn.Module):
+        """Within: `model`'s weights gathered whole on every process (one all-gather), so
+        that its forwards need no collective, as sampling does (each process decodes its own
+        number of steps); resharded after. A model that is not sharded is left alone."""
+        if not is_sharded(model):
+            yield model
+            return
+        from torch.distributed.fsdp import FSDPModule
+        groups = [m for m in model.modules() if isinstance(m, FSDPModule)]
+        for m in groups:
+            m.unshard()
+            m.set_reshard_after_forward(False, recurse=False)
+        try:
+            yield model
+        finally:
+            for m in groups:
+                m.set_reshard_after_forward(self.reshard_after_forward, recurse=False)
+                m.reshard()
+
     def _comm_device(self) -> torch.device:
         return self.device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
 
@@ -152,6 +308,69 @@ class Runtime:
         for rank, part in enumerate(self.gather_objects(list(fn(self.shard(items))))):
             out[rank::self.world] = part
         return out
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def _reshard_after_forward() -> bool:
+    """accelerate's FSDP settings: FSDP_RESHARD_AFTER_FORWARD (its FSDP2 key) or
+    FSDP_SHARDING_STRATEGY (FSDP1's: FULL_SHARD = true, SHARD_GRAD_OP = false)."""
+    from instructrl.errors import InputError
+    if os.environ.get("FSDP_VERSION", "1") == "2" and "FSDP_RESHARD_AFTER_FORWARD" in os.environ:
+        return _env_true("FSDP_RESHARD_AFTER_FORWARD")
+    strategy = os.environ.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").upper()
+    modes = {"FULL_SHARD": True, "1": True, "SHARD_GRAD_OP": False, "2": False}
+    if strategy not in modes:
+        raise InputError(f"{strategy!r} is not supported (FULL_SHARD or SHARD_GRAD_OP; for no "
+                         f"sharding launch without FSDP)", field="fsdp_sharding_strategy")
+    return modes[strategy]
+
+
+def _is_sharded(p: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+    return isinstance(p, DTensor)
+
+
+def _has_sharded(model: torch.nn.Module) -> bool:
+    return any(_is_sharded(p) for p in model.parameters())
+
+
+def local(p: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a sharded parameter (FSDP's DTensor); else `p` itself."""
+    return p.to_local() if _is_sharded(p) else p
+
+
+def gather_like(p: torch.Tensor, shard: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of which `shard` is this process's part, laid out as parameter `p`
+    (a collective when `p` is sharded); `shard` itself otherwise."""
+    if not _is_sharded(p):
+        return shard
+    from torch.distributed.tensor import DTensor
+    return DTensor.from_local(shard, p.device_mesh, p.placements, shape=p.shape,
+                              stride=p.stride()).full_tensor()
+
+
+def shard_like(p: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+    """This process's part of `whole`, laid out as parameter `p`, on its device and dtype."""
+    whole = whole.to(p.device, p.dtype)
+    if not _is_sharded(p):
+        return whole
+    from torch.distributed.tensor import distribute_tensor
+    return distribute_tensor(whole, p.device_mesh, p.placements).to_local()
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether `model` was sharded by `Runtime.wrap` (FSDP)."""
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)
+
+
+def _trained_names(model: torch.nn.Module) -> list[str]:
+    """Names of the trained parameters in the order an optimizer over `trainable(model)`
+    holds them."""
+    return [k for k, v in model.named_parameters() if v.requires_grad]
 
 
 @lru_cache(maxsize=1)

@@ -72,7 +72,10 @@ def score_groups(model, groups: list[tuple[list[int], list[list[int]]]], pad_id:
     Every response must be non-empty (it ends with EOS). Keeps autograd. A backbone whose
     cache cannot be re-indexed falls back to `score_sequences` (found on the first call and
     remembered on the model, so later calls skip the prompt pass)."""
-    if getattr(model, "no_shared_prefix", False):
+    from instructrl.distributed import is_sharded
+    # A sharded model's backward cannot follow the prompt's KV cache from one forward into
+    # the next (FSDP hooks the outputs it can see): each sequence then runs whole.
+    if getattr(model, "no_shared_prefix", False) or is_sharded(model):
         return score_sequences(model, [(q, r) for q, rs in groups for r in rs], pad_id)
     device = next(model.parameters()).device
     counts = [len(rs) for _, rs in groups]

@@ -356,10 +356,11 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_pretrained_atomic(model, tokenizer, directory: str | os.PathLike,
-                           dtype: torch.dtype | None = None) -> Path:
+                           dtype: torch.dtype | None = None, state: dict | None = None) -> Path:
     """model.save_pretrained + tokenizer.save_pretrained into `directory`, atomically, with
     the weights cast to `dtype` when given. A peft model is saved merged (plain transformers
-    loads it) and its adapter alone under `adapter/`."""
+    loads it) and its adapter alone under `adapter/`. `state`: the weights to write instead
+    of the model's own (a sharded model's, gathered)."""
     with atomic_dir(directory) as tmp:
         if is_peft(model):
             base = model.get_base_model()
@@ -367,8 +368,10 @@ def save_pretrained_atomic(model, tokenizer, directory: str | os.PathLike,
             base.save_pretrained(tmp, state_dict=_cast(state, dtype))
             model.save_pretrained(tmp / ADAPTER_DIR)
         else:
-            model.save_pretrained(tmp, state_dict=_cast(model.state_dict(), dtype)
-                                  if dtype is not None else None)
+            if state is None and dtype is not None:
+                state = model.state_dict()
+            model.save_pretrained(tmp, state_dict=_cast(state, dtype) if state is not None
+                                  else None)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return Path(directory)

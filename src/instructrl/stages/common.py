@@ -84,21 +84,25 @@ def adamw_cosine(model: torch.nn.Module, lr: float, betas: tuple[float, float],
 
 def save_training_state(ckpt: "Checkpoint", model, opt, sched, prec, **progress: Any) -> None:
     """The trained parameters (not frozen LoRA base weights), optimizer, schedule, fp16's
-    loss scale, RNG."""
-    from instructrl.modeling import trainable_state_dict
-    ckpt.save({"model": trainable_state_dict(model), "optimizer": opt.state_dict(),
-               "scheduler": sched.state_dict(), "scaler": prec.state_dict(),
-               "rng": rng_state(), **progress})
+    loss scale, RNG. Every process calls it (sharded weights are gathered: a collective);
+    the main one writes."""
+    from instructrl.distributed import runtime
+    rt = runtime()
+    weights, optimizer = rt.trainable_state(model), rt.optimizer_state(model, opt)
+    if rt.is_main:
+        ckpt.save({"model": weights, "optimizer": optimizer, "scheduler": sched.state_dict(),
+                   "scaler": prec.state_dict(), "rng": rng_state(), **progress})
 
 
 def resume_training_state(ckpt: "Checkpoint", model, opt, sched, prec) -> dict | None:
     """Load what `save_training_state` saved into the live objects; the progress fields
     (epoch, step) come back in the returned dict. None when there is no checkpoint."""
-    from instructrl.modeling import load_trainable_state
+    from instructrl.distributed import runtime
+    rt = runtime()
     state = ckpt.load()
     if state is not None:
-        load_trainable_state(model, state["model"])
-        opt.load_state_dict(state["optimizer"])
+        rt.load_trainable_state(model, state["model"])
+        rt.load_optimizer_state(model, opt, state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         prec.load_state_dict(state.get("scaler"))
         set_rng_state(state["rng"])

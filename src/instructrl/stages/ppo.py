@@ -71,15 +71,15 @@ from tqdm.auto import tqdm
 from instructrl.cli import add_common, run_config
 from instructrl.config import PPOConfig, RunConfig
 from instructrl.data.records import Prompt
-from instructrl.distributed import Precision, precision, runtime
+from instructrl.distributed import (Precision, gather_like, local, precision, runtime,
+                                    shard_like)
 from instructrl.generation import decode_responses
 from instructrl.losses import (AdaptiveKLController, FixedKLController, gae, masked_mean,
                                masked_var, masked_whiten, per_token_rewards, ppo_policy_loss,
                                ptx_loss, value_loss)
 from instructrl.modeling import (AdapterDisabled, ScalarHeadModel, add_lora, load_causal_lm,
-                                 load_tokenizer, load_trainable_state, lora_enabled,
-                                 prepare_for_training, resolve_model_path,
-                                 save_pretrained_atomic, trainable_state_dict, weights_dtype)
+                                 load_tokenizer, lora_enabled, prepare_for_training,
+                                 resolve_model_path, save_pretrained_atomic, weights_dtype)
 from instructrl.rollout import (Rollout, pad_left, response_logprobs, response_scores,
                                 response_values, sample)
 from instructrl.rundir import RunDir
@@ -202,11 +202,17 @@ def score(m: Models, tokenizer, prompts: list[Prompt], r: Rollout, c: PPOConfig,
     unsort = torch.argsort(order)
     # Two single-threaded streams only where the process was given 2+ threads (never more
     # CPU than torch.set_num_threads / OMP_NUM_THREADS allow).
+    # Not sharded: a sharded model's forwards are collectives, which two threads would
+    # interleave differently on each process.
     parallel = (c.parallel_scoring and r.queries.device.type == "cpu"
-                and torch.get_num_threads() >= 2)
+                and torch.get_num_threads() >= 2 and not runtime().fsdp)
+
+    # (FSDP gathers weights into buffers it later writes in place: inference tensors are
+    # read-only, so sharded models score under no_grad.)
+    no_autograd = torch.no_grad if runtime().fsdp else torch.inference_mode
 
     def score_rows(rows):
-        with torch.inference_mode():
+        with no_autograd():
             args = (r.queries[rows], r.query_mask[rows], r.responses[rows],
                     r.response_mask[rows])
             return (None if r.logprobs is not None
@@ -334,11 +340,13 @@ def train_minibatch(m: Models, r: Rollout, adv, returns, idx, c: PPOConfig, ptx_
 
 class EMA:
     """Exponential moving average of the policy's trained weights (App. C.4: decay 0.992):
-    every parameter, or LoRA's adapters (the frozen base does not move)."""
+    every parameter, or LoRA's adapters (the frozen base does not move). Of a sharded policy
+    (FSDP), each process averages its own shard; `state` gathers the whole."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
-        self.shadow = {k: v.clone() for k, v in trainable_state_dict(model).items()}
+        self.shadow = {k: local(v).detach().clone() for k, v in model.named_parameters()
+                       if v.requires_grad}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
@@ -347,12 +355,24 @@ class EMA:
         params = dict(model.named_parameters())
         keys = list(self.shadow)
         torch._foreach_lerp_([self.shadow[k] for k in keys],
-                             [params[k].detach() for k in keys], 1 - self.decay)
+                             [local(params[k]).detach() for k in keys], 1 - self.decay)
+
+    def state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The whole shadow by name (gathered from the shards: every process calls it)."""
+        params = dict(model.named_parameters())
+        return {k: gather_like(params[k], v) for k, v in self.shadow.items()}
 
     def load(self, shadow: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
-        """A checkpoint's shadow (loaded on the CPU), on the device of each parameter."""
+        """A checkpoint's shadow (whole, loaded on the CPU), as each parameter is laid out."""
         params = dict(model.named_parameters())
-        self.shadow = {k: v.to(params[k].device, params[k].dtype) for k, v in shadow.items()}
+        self.shadow = {k: shard_like(params[k], v) for k, v in shadow.items()}
+
+    @torch.no_grad()
+    def apply(self, model: torch.nn.Module) -> None:
+        """The shadow into the model's weights (the saved policy is the average)."""
+        params = dict(model.named_parameters())
+        for k, v in self.shadow.items():
+            local(params[k]).copy_(v)
 
 
 def prompts_for_iteration(prompts: list[Prompt], it: int, batch_size: int, seed: int
@@ -389,6 +409,8 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
     m = load_models(cfg, init, ref, rm, value, device)
     rt.broadcast_parameters(m.policy)
     rt.broadcast_parameters(m.value)
+    # Sharded (FSDP): the trained models; the frozen ones stay whole on every process.
+    m.policy, m.value = rt.wrap(m.policy), rt.wrap(m.value)
     prompts = run.prompts("train")
     if not prompts:
         raise SystemExit(f"ppo: no train prompts in {run.data / 'prompts.jsonl'}")
@@ -418,11 +440,12 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
     start = 0
     state = ckpt.load()
     if state is not None:
-        load_trainable_state(m.policy, state["policy"])
-        load_trainable_state(m.value, state["value"])
+        rt.load_trainable_state(m.policy, state["policy"])
+        rt.load_trainable_state(m.value, state["value"])
         ema.load(state["ema"], m.policy)
-        for obj, key in ((opt_p, "opt_p"), (opt_v, "opt_v"), (sched_p, "sched_p"),
-                         (sched_v, "sched_v"), (kl_ctl, "kl_ctl")):
+        rt.load_optimizer_state(m.policy, opt_p, state["opt_p"])
+        rt.load_optimizer_state(m.value, opt_v, state["opt_v"])
+        for obj, key in ((sched_p, "sched_p"), (sched_v, "sched_v"), (kl_ctl, "kl_ctl")):
             obj.load_state_dict(state[key])
         prec.load_state_dict(state.get("scaler"))
         start = state["iteration"]
@@ -441,7 +464,7 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
         seed = c.seed * 1_000_003 + it
         batch_prompts = prompts_for_iteration(prompts, it, c.batch_size, c.seed)
         # Each process samples and scores its block of the batch; then all hold all of it.
-        with prec.autocast():
+        with rt.unsharded(m.policy), prec.autocast():  # (sampling needs no collective)
             r = generate(m, tokenizer, batch_prompts, c, seed, device,
                          rows=block if rt.distributed else None)
         t_generation = _now(device) - t0
@@ -510,27 +533,37 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
         bar.update(1)
         bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
         if (it + 1) % c.checkpoint_every == 0 or it + 1 == end:
+            # (whole states, gathered from the shards under FSDP: every process takes part)
+            state = {"policy": rt.trainable_state(m.policy),
+                     "value": rt.trainable_state(m.value), "ema": ema.state(m.policy),
+                     "opt_p": rt.optimizer_state(m.policy, opt_p),
+                     "opt_v": rt.optimizer_state(m.value, opt_v),
+                     "sched_p": sched_p.state_dict(), "sched_v": sched_v.state_dict(),
+                     "kl_ctl": kl_ctl.state_dict(), "scaler": prec.state_dict(),
+                     "iteration": it + 1}
             if rt.is_main:
-                ckpt.save({"policy": trainable_state_dict(m.policy),
-                           "value": trainable_state_dict(m.value),
-                           "ema": ema.shadow, "opt_p": opt_p.state_dict(),
-                           "opt_v": opt_v.state_dict(), "sched_p": sched_p.state_dict(),
-                           "sched_v": sched_v.state_dict(), "kl_ctl": kl_ctl.state_dict(),
-                           "scaler": prec.state_dict(), "iteration": it + 1})
+                ckpt.save(state)
             rt.barrier()  # no process runs ahead of the main one's checkpoint
     bar.close()
     tb.close()
-    # Stopped early on request (tests; the checkpoint holds the state), or a process other
-    # than the main one, which writes the models: wait for the main one and go.
-    if end < n_iters or not rt.is_main:
+    if end < n_iters:  # stopped early on request (tests): the checkpoint holds the state
         rt.barrier()
         return out
     # The saved policy is the EMA of the weights (App. C.4); the value model is kept beside it
-    # so that an iterated round can continue from both.
-    load_trainable_state(m.policy, ema.shadow)
+    # so that an iterated round can continue from both. Gathered whole on the main process
+    # (under FSDP: a collective), which writes them while the others wait.
+    ema.apply(m.policy)
+    policy_state, value_state = rt.full_state(m.policy), rt.full_state(m.value)
+    if not rt.is_main:
+        rt.barrier()
+        return out
     dtype = weights_dtype(cfg.model)
-    save_pretrained_atomic(m.policy, tokenizer, out, dtype=dtype)
-    m.value.save_pretrained(out / "value", tokenizer, dtype=dtype)
+    save_pretrained_atomic(m.policy, tokenizer, out, dtype=dtype, state=policy_state)
+    value_model = m.value
+    if rt.fsdp:  # a plain copy to save (a sharded model's own save would write its shards)
+        value_model = ScalarHeadModel.from_pretrained(value, model_cfg=cfg.model, trained=True)
+        value_model.load_state_dict(value_state)
+    value_model.save_pretrained(out / "value", tokenizer, dtype=dtype)
     run.mark_done(stage, iterations=n_iters, init=str(init), ref=str(ref),
                   rm=str(rm) if reward_fn is None else "reward_fn",
                   ptx_coef=c.ptx_coef, lora=lora_enabled(cfg.lora, "ppo"))

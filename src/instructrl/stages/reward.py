@@ -94,11 +94,14 @@ def train_step(model, opt, sched, elements: list[dict], pad_id: int, micro: int,
     stats = dict.fromkeys(("loss/rm", "rm/accuracy", "rm/margin", "rm/prompts"), 0.0)
     pairs = 0.0
     n_batch = len(elements)
-    elements = runtime().shard(elements)
-    for s in chunks(len(elements), micro):
+    mine = runtime().shard(elements)
+    for s in runtime().lockstep(len(mine), n_batch, micro):
+        # (None: a pass of weight zero, so that sharded weights see every process's pass)
         with prec.autocast():
-            loss, st = forward_batch(model, elements[s], pad_id)
-        prec.backward(loss * (s.stop - s.start) / n_batch)
+            loss, st = forward_batch(model, mine[s] if s is not None else elements[:1], pad_id)
+        prec.backward(loss * ((s.stop - s.start) / n_batch if s is not None else 0.0))
+        if s is None:
+            continue
         n = float(st["rm/pairs"])
         pairs += n
         stats["loss/rm"] += float(loss.detach()) * (s.stop - s.start)
@@ -180,6 +183,7 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
         model.with_lora(cfg.lora)
     model = prepare_for_training(model, cfg.model).to(device)
     rt.broadcast_parameters(model)
+    model = rt.wrap(model)
     steps_per_epoch = -(-len(train_el) // c.batch_size)
     total = steps_per_epoch * c.epochs
     opt, sched = adamw_cosine(model, c.lr, c.betas, c.weight_decay, total, c.lr_final_ratio)
@@ -203,13 +207,17 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
         bar.set_postfix(loss=f"{stats['loss/rm']:.3f}", acc=f"{stats['rm/accuracy']:.2f}")
         log.write({"step": i + 1, "lr": sched.get_last_lr()[0], **stats})
         if (i + 1) % c.checkpoint_every == 0 and i + 1 < total:
-            if rt.is_main:
-                save_training_state(ckpt, model, opt, sched, prec, step=i + 1)
+            save_training_state(ckpt, model, opt, sched, prec, step=i + 1)
             rt.barrier()
     bar.close()
+    weights = rt.full_state(model)  # (gathered from the shards under FSDP: a collective)
     if not rt.is_main:  # the trained model is the same on every process: one evaluates it
         rt.barrier()
         return out
+    if rt.fsdp:  # which it does on a plain copy: a sharded model's forward needs them all
+        model = ScalarHeadModel.from_causal_lm(init, model_cfg=cfg.model, trained=True)
+        model.load_state_dict(weights)
+        model = model.to(device)
     # Bias: labeler demonstrations on training prompts score mean 0 (section 3.5).
     from instructrl.stages.sft import sft_examples
     demos = sft_examples(run, tokenizer, "train", c.max_prompt_tokens, c.max_response_tokens)

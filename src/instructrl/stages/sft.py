@@ -35,7 +35,7 @@ from instructrl.modeling import (ADAPTER_DIR, add_lora, default_device, load_cau
                                  resolve_model_path, save_pretrained_atomic, set_dropout,
                                  weights_dtype)
 from instructrl.rundir import RunDir, join_prompts
-from instructrl.stages.common import (Checkpoint, MetricsLog, adamw_cosine, batches, chunks,
+from instructrl.stages.common import (Checkpoint, MetricsLog, adamw_cosine, batches,
                                       collate, pretraining_examples, read_metrics,
                                       resume_training_state, save_training_state,
                                       seed_everything, seed_process, trainable)
@@ -61,12 +61,14 @@ def eval_loss(model, examples, pad_id: int, batch_size: int, device, prec=None) 
     training's autocast when `prec` is given)."""
     model.eval()
     total, count = 0.0, 0.0
-    for chunk in batches(runtime().shard(examples), batch_size):
-        ids, mask, resp, _ = (t.to(device) for t in collate(chunk, pad_id))
+    mine = runtime().shard(examples)
+    for s in runtime().lockstep(len(mine), len(examples), batch_size):
+        ids, mask, resp, _ = (t.to(device) for t in collate(
+            mine[s] if s is not None else examples[:1], pad_id))
         with prec.autocast() if prec is not None else contextlib.nullcontext():
             logits = model(input_ids=ids, attention_mask=mask).logits
             loss, stats = sft_loss(logits, ids, resp)
-        n = float(stats["sft/tokens"])
+        n = float(stats["sft/tokens"]) if s is not None else 0.0
         total, count = total + float(loss) * n, count + n
     sums = runtime().sum_stats({"total": total, "count": count})
     return sums["total"] / max(sums["count"], 1)
@@ -93,15 +95,17 @@ def train_step(model, opt, sched, chunk: list, pad: int, micro: int, device, pre
     opt.zero_grad(set_to_none=True)
     stats = {"loss/sft": 0.0, "sft/tokens": 0.0}  # (an empty shard adds zeros)
     mine = runtime().shard(chunk)
-    for s in chunks(len(mine), micro):
-        part = mine[s]
+    for s in runtime().lockstep(len(mine), len(chunk), micro):
+        # (None: a pass of weight zero, so that sharded weights see every process's pass)
+        part = mine[s] if s is not None else chunk[:1]
         ids, mask, resp, _ = (t.to(device) for t in collate(part, pad))
         with prec.autocast():
             loss, st = sft_loss(model(input_ids=ids, attention_mask=mask).logits, ids, resp)
-        w = float(st["sft/tokens"]) / max(total, 1)
+        w = float(st["sft/tokens"]) / max(total, 1) if s is not None else 0.0
         prec.backward(loss * w)
-        stats["loss/sft"] += float(loss.detach()) * w
-        stats["sft/tokens"] += float(st["sft/tokens"])
+        if s is not None:
+            stats["loss/sft"] += float(loss.detach()) * w
+            stats["sft/tokens"] += float(st["sft/tokens"])
     runtime().sync_gradients(trainable(model))
     prec.step(opt, trainable(model))
     if prec.update():
@@ -119,6 +123,7 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
     tokenizer = load_tokenizer(init, cfg.model)
     model = load_model(cfg, init, dropout=c.dropout).to(device)
     rt.broadcast_parameters(model)
+    model = rt.wrap(model)
     train_ex = sft_examples(run, tokenizer, "train", c.max_prompt_tokens, c.max_response_tokens)
     valid_ex = sft_examples(run, tokenizer, "valid", c.max_prompt_tokens, c.max_response_tokens)
     if not train_ex:
@@ -160,9 +165,10 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
             log.write({"step": bar.n, "epoch": epoch + 1, "lr": sched.get_last_lr()[0], **stats})
         val = eval_loss(model, valid_ex, pad, micro, device, prec) if valid_ex else float("nan")
         log.write({"step": bar.n, "epoch": epoch + 1, "val/loss": val})
+        weights = rt.full_state(model)  # (gathered from the shards under FSDP)
         if rt.is_main:
-            save_epoch(cfg, model, tokenizer, epoch_dir(out, epoch + 1))
-            save_training_state(ckpt, model, opt, sched, prec, epoch=epoch + 1)
+            save_epoch(cfg, model, tokenizer, epoch_dir(out, epoch + 1), weights)
+        save_training_state(ckpt, model, opt, sched, prec, epoch=epoch + 1)
         rt.barrier()
     bar.close()
     if rt.is_main:
@@ -174,7 +180,7 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
     return out
 
 
-def save_epoch(cfg: RunConfig, model, tokenizer, directory: Path) -> None:
+def save_epoch(cfg: RunConfig, model, tokenizer, directory: Path, weights=None) -> None:
     """An epoch's model, as little as selection needs: with LoRA the adapter alone (peft's
     format, applied to the init model when the epoch is loaded), else the whole model in the
     model's dtype (`model.dtype`; float32 on a CPU)."""
@@ -184,7 +190,8 @@ def save_epoch(cfg: RunConfig, model, tokenizer, directory: Path) -> None:
             model.save_pretrained(tmp)  # a peft model saves its adapter only
             tokenizer.save_pretrained(tmp)
     else:
-        save_pretrained_atomic(model, tokenizer, directory, dtype=weights_dtype(cfg.model))
+        save_pretrained_atomic(model, tokenizer, directory, dtype=weights_dtype(cfg.model),
+                               state=weights)
 
 
 def load_epoch(cfg: RunConfig, out: Path, epoch: int):

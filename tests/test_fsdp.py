@@ -1,0 +1,173 @@
+"""Sharded weights (FSDP2 through accelerate's FSDP settings, instructrl.distributed.wrap): SFT
+and the RM on 2 CPU processes (gloo) with every weight, gradient and optimizer state split
+between them train what one unsharded process trains; a checkpoint written sharded holds the
+whole state, so a run killed under FSDP resumes sharded or in one plain process and ends
+where the uninterrupted run ends; PPO-ptx trains sharded what it trains in one process, and a
+sharded PPO run killed resumes in one process; LoRA refuses
+to shard, saying what to launch instead."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from instructrl.stages.common import read_metrics
+from conftest import TINY_RECIPE, _write_run
+from test_distributed import command, compare_rows, env, kill_tree, launch, stage_args
+
+
+def fsdp_env(strategy: str = "FULL_SHARD") -> dict:
+    """What `accelerate launch` exports for an FSDP config (the keys instructrl reads)."""
+    return {**env(), "ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": strategy}
+
+
+def launch_fsdp(args: list[str], strategy: str = "FULL_SHARD") -> str:
+    proc = subprocess.run(command(2, args), env=fsdp_env(strategy), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture
+def runs(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(TINY_RECIPE)
+    out = {}
+    for name in ("plain", "fsdp", "killed"):
+        out[name] = tmp_path / name
+        _write_run(out[name])
+    return recipe, out
+
+
+def same_weights(a, b) -> None:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def launch_accelerate(args: list[str]) -> str:
+    """Through `accelerate launch` and the shipped FSDP config, as a user runs it (2
+    processes here, float32: these CPUs have no bf16)."""
+    config = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "8-gpus-fsdp.yaml"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+           "--num_processes", "2", "--mixed_precision", "no", "-m", "instructrl.cli", *args]
+    proc = subprocess.run(cmd, env=env(), text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return proc.stdout
+
+
+def test_sharded_sft_and_rm_train_what_one_process_trains(runs, tiny_model_dir, tiny_rm_dir):
+    # SFT through accelerate's FSDP config (reshard after forward: ZeRO-3's arithmetic), the
+    # RM through torchrun with SHARD_GRAD_OP (ZeRO-2's).
+    recipe, r = runs
+    for stage in ("sft", "rm"):
+        launch(1, stage_args(stage, r["plain"], recipe, tiny_model_dir, tiny_rm_dir))
+        args = stage_args(stage, r["fsdp"], recipe, tiny_model_dir, tiny_rm_dir)
+        if stage == "sft":
+            out = launch_accelerate(args)
+            assert "sharded over 2 processes (FSDP2, reshard after forward: yes)" in out
+        else:
+            out = launch_fsdp(args, "SHARD_GRAD_OP")
+            assert "sharded over 2 processes (FSDP2, reshard after forward: no)" in out
+        compare_rows(read_metrics(r["plain"] / stage / "metrics.jsonl"),
+                     read_metrics(r["fsdp"] / stage / "metrics.jsonl"), stage)
+        same_weights(r["plain"] / stage, r["fsdp"] / stage)
+        assert (r["fsdp"] / stage / "done.json").exists()
+        assert not (r["fsdp"] / stage / "checkpoint").exists()
+    # the RM's evaluation ran on the main process's plain copy of the sharded model
+    assert (r["fsdp"] / "rm" / "eval.json").read_text() != ""
+    epochs = sorted(d.name for d in (r["plain"] / "sft" / "epochs").iterdir())
+    assert epochs == sorted(d.name for d in (r["fsdp"] / "sft" / "epochs").iterdir())
+    for e in epochs:  # every SFT epoch was gathered and saved whole
+        same_weights(r["plain"] / "sft" / "epochs" / e, r["fsdp"] / "sft" / "epochs" / e)
+
+
+@pytest.mark.parametrize("resume", ["sharded", "one process"])
+def test_sharded_rm_killed_resumes_and_matches(runs, tiny_model_dir, tiny_rm_dir, resume):
+    recipe, r = runs
+    args = lambda run: stage_args("rm", run, recipe, tiny_model_dir, tiny_rm_dir) + [
+        "--set", "rm.checkpoint_every=2"]
+    launch(1, args(r["plain"]))
+    proc = subprocess.Popen(command(2, args(r["killed"])), env=fsdp_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    ckpt = r["killed"] / "rm" / "checkpoint" / "state.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert ckpt.exists(), "no checkpoint before the run ended"
+    kill_tree(proc)
+    assert not (r["killed"] / "rm" / "done.json").exists()
+    saved = torch.load(ckpt, weights_only=False)
+    assert isinstance(next(iter(saved["optimizer"]["state"])), int)  # torch's own format
+    if resume == "sharded":
+        assert "sharded over 2 processes" in launch_fsdp(args(r["killed"]))
+    else:
+        assert "sharded over" not in launch(1, args(r["killed"]))  # one process, no FSDP
+    compare_rows(read_metrics(r["plain"] / "rm" / "metrics.jsonl"),
+                 read_metrics(r["killed"] / "rm" / "metrics.jsonl"), "rm")
+    same_weights(r["plain"] / "rm", r["killed"] / "rm")
+
+
+def test_sharded_ppo_trains_what_one_process_trains(runs, tiny_model_dir, tiny_rm_dir):
+    # The policy and value sharded; each process gathers the policy whole to sample its
+    # block (each decodes its own number of steps), scores with the sharded value model,
+    # trains in lockstep; the EMA averages each shard; the saved models are gathered whole.
+    recipe, r = runs
+    launch(1, stage_args("ppo", r["plain"], recipe, tiny_model_dir, tiny_rm_dir))
+    out = launch_fsdp(stage_args("ppo", r["fsdp"], recipe, tiny_model_dir, tiny_rm_dir))
+    assert out.count("sharded over 2 processes") == 2  # the policy and the value model
+    compare_rows(read_metrics(r["plain"] / "ppo-ptx" / "metrics.jsonl"),
+                 read_metrics(r["fsdp"] / "ppo-ptx" / "metrics.jsonl"), "ppo-ptx")
+    s1 = read_metrics(r["plain"] / "ppo-ptx" / "samples.jsonl")
+    s2 = read_metrics(r["fsdp"] / "ppo-ptx" / "samples.jsonl")
+    assert [x["response"] for x in s1] == [x["response"] for x in s2]
+    same_weights(r["plain"] / "ppo-ptx", r["fsdp"] / "ppo-ptx")
+    same_weights(r["plain"] / "ppo-ptx" / "value", r["fsdp"] / "ppo-ptx" / "value")
+
+
+def test_lora_refuses_to_shard(runs, tiny_model_dir, tiny_rm_dir):
+    recipe, r = runs
+    args = stage_args("sft", r["fsdp"], recipe, tiny_model_dir, tiny_rm_dir)
+    proc = subprocess.run(command(2, args + ["--set", "lora.r=4"]), env=fsdp_env(), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    assert proc.returncode != 0
+    assert "LoRA's frozen base is not sharded yet: launch without FSDP" in proc.stdout
+    assert not (r["fsdp"] / "sft" / "done.json").exists()
+
+
+def test_sharded_ppo_killed_resumes_in_one_process_and_matches(runs, tiny_model_dir,
+                                                               tiny_rm_dir):
+    # The checkpoint of a sharded PPO run (policy, value, both optimizers, the EMA of the
+    # policy's shards) holds whole tensors: one plain process carries on from it.
+    recipe, r = runs
+    args = lambda run: stage_args("ppo", run, recipe, tiny_model_dir, tiny_rm_dir) + [
+        "--set", "ppo.episodes=160"]  # 10 iterations: time to kill it in the middle
+    launch(1, args(r["plain"]))
+    proc = subprocess.Popen(command(2, args(r["killed"])), env=fsdp_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    metrics = r["killed"] / "ppo-ptx" / "metrics.jsonl"
+    ckpt = r["killed"] / "ppo-ptx" / "checkpoint" / "state.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and len(read_metrics(metrics)) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    kill_tree(proc)
+    time.sleep(0.5)
+    assert ckpt.exists() and not (r["killed"] / "ppo-ptx" / "done.json").exists()
+    out = launch(1, args(r["killed"]))
+    assert "resuming after iteration" in out and "sharded over" not in out
+    compare_rows(read_metrics(r["plain"] / "ppo-ptx" / "metrics.jsonl"), read_metrics(metrics),
+                 "resumed ppo-ptx")
+    same_weights(r["plain"] / "ppo-ptx", r["killed"] / "ppo-ptx")
