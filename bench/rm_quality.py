@@ -7,7 +7,8 @@
 (a) Sandbox. The RM's pairwise accuracy on the held-out labelers' rankings (they never label
     training data, paper section 3.4), next to the labelers' own agreement, which is the
     ceiling an RM trained on other people can hope for (section 5.1: labelers agree on
-    72.6 +- 1.5 % of pairs, and the paper's RMs predict held-out labelers at 69.6 +- 0.9 %):
+    72.6 +- 1.5 % of pairs, and the paper's RMs predict held-out labelers at 69.6 +- 0.9 %;
+    the first three rows are `instructrl.evaluate.agreement.labeler_agreement`):
       - training vs training labelers: the K responses of every collected prompt ranked again
         by a second training labeler;
       - held-out vs training labelers: the same K responses ranked by both (collect has
@@ -80,10 +81,6 @@ def pct(x: float | None) -> str:
     return "   n/a" if x is None else f"{100 * x:5.1f}%"
 
 
-def rate(agree: int, total: int) -> float | None:
-    return agree / total if total else None
-
-
 # -- (a) sandbox ---------------------------------------------------------------------------
 def run_sandbox_stages(cfg, run, init: Path, timer, rounds: int = 1) -> None:
     from instructrl.pipeline import prepare_sandbox_data, write_run_config
@@ -100,53 +97,6 @@ def run_sandbox_stages(cfg, run, init: Path, timer, rounds: int = 1) -> None:
         timer.run(f"collect-{rnd}", run.is_done(f"collect-{rnd}"), collect.collect, cfg, run,
                   {"sft": run.stage("sft")}, rnd)
     timer.run("rm", run.is_done("rm"), reward.train, cfg, run, run.stage("sft"))
-
-
-def labeler_agreement(cfg, run) -> dict:
-    """Inter-labeler agreement on the very responses of RUN's rankings (see module doc)."""
-    from instructrl.data.records import Ranking
-    from instructrl.sandbox.generate import Sandbox
-    from instructrl.sandbox.labelers import pairwise_agreement
-    from instructrl.sandbox.world import stable_hash
-
-    sb = Sandbox(cfg.sandbox)
-    prompts = run.prompts_by_id()
-    held_ids = {lab.id for lab in sb.heldout_labelers}
-    by_item: dict[tuple, dict[str, list[Ranking]]] = defaultdict(lambda: defaultdict(list))
-    for r in run.rankings():
-        if r.skipped is None:
-            key = (r.prompt_id, tuple(x.text for x in r.responses))
-            by_item[key]["held" if r.labeler_id in held_ids else "train"].append(r)
-    tt, ht, hh_self = [0, 0], [0, 0], [0, 0]
-    items = 0
-    for (pid, _), groups in by_item.items():
-        p = prompts[pid]
-        for r in groups["train"]:
-            # A second training labeler ranks the same K responses.
-            others = [lab for lab in sb.train_labelers if lab.id != r.labeler_id]
-            lab = others[stable_hash('second', pid, r.labeler_id) % len(others)] \
-                if others else None
-            if lab is not None:
-                r2 = lab.rank(p, r.responses, salt="bench-second-opinion")
-                if r2.skipped is None:
-                    a, n = pairwise_agreement(r, r2)
-                    tt[0], tt[1] = tt[0] + a, tt[1] + n
-            for h in groups["held"]:
-                a, n = pairwise_agreement(h, r)
-                ht[0], ht[1] = ht[0] + a, ht[1] + n
-        for h in groups["held"]:
-            items += 1
-            lab = sb.labeler(h.labeler_id)
-            u = [lab.utility(sb.check(p, x.text)) for x in h.responses]
-            # Equal utilities form one group (a tie), so they are not counted.
-            levels = sorted(set(u), reverse=True)
-            noise_free = Ranking(h.prompt_id, "oracle", h.responses,
-                                 [[i for i in range(len(u)) if u[i] == v] for v in levels])
-            a, n = pairwise_agreement(h, noise_free)
-            hh_self[0], hh_self[1] = hh_self[0] + a, hh_self[1] + n
-    return {"train_vs_train": (rate(*tt), tt[1]), "heldout_vs_train": (rate(*ht), ht[1]),
-            "heldout_vs_own_utility": (rate(*hh_self), hh_self[1]),
-            "heldout_items": items}
 
 
 def strict_pairs(ranking) -> list[tuple[int, int]]:
@@ -228,6 +178,7 @@ def accuracy_by_deciding_check(cfg, run) -> dict[str, list[float]]:
 
 def bench_sandbox(args, timer) -> None:
     from instructrl.config import load_config
+    from instructrl.evaluate.agreement import labeler_agreement, rate
     from instructrl.modeling import resolve_model_path
     from instructrl.rundir import RunDir
 

@@ -170,3 +170,29 @@ def crash_on_call(monkeypatch, owner, name: str, n: int):
 
     monkeypatch.setattr(owner, name, wrapped)
     return real
+
+
+def write_sandbox_run(tmp_path: Path, recipe_text: str, policies: dict[str, Path],
+                      base: Path) -> tuple[Path, Path]:
+    """A run directory holding the sandbox world's prompts, generated and prepared as the
+    pipeline does, and a pipeline.json naming `policies` (the tiny model stands in for them):
+    (run, recipe)."""
+    import json
+
+    from instructrl.config import load_config
+    from instructrl.data.jsonl import read_records, write_records
+    from instructrl.data.prompts import prepare
+    from instructrl.data.records import Prompt
+    from instructrl.sandbox.generate import generate
+
+    recipe = tmp_path / "sb.yaml"
+    recipe.write_text(recipe_text)
+    cfg = load_config(recipe)
+    run = tmp_path / "sbrun"
+    generate(cfg.sandbox, run)
+    prompts, _ = prepare(read_records(run / "data" / "raw_prompts.jsonl", Prompt.from_dict),
+                         cfg.data)
+    write_records(run / "data" / "prompts.jsonl", prompts)
+    (run / "pipeline.json").write_text(json.dumps(
+        {"policies": {k: str(v) for k, v in policies.items()}, "base": str(base)}))
+    return run, recipe

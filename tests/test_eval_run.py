@@ -16,6 +16,8 @@ import torch
 from instructrl.cli import main as cli_main
 from instructrl.rundir import RunDir
 
+from conftest import write_sandbox_run
+
 FIX = Path(__file__).resolve().parent / "fixtures"
 
 
@@ -121,27 +123,11 @@ def test_eval_refuses_the_sandbox_judges_and_the_own_rm_on_a_real_run(real_run, 
 def sandbox_run(tiny_model_dir, tmp_path) -> tuple[Path, Path]:
     """The sandbox world's prompts (generated and prepared as the pipeline does), with the tiny
     model standing in for its policies."""
-    from instructrl.config import load_config
-    from instructrl.data.jsonl import read_records, write_records
-    from instructrl.data.prompts import prepare
-    from instructrl.data.records import Prompt
-    from instructrl.sandbox.generate import generate
-
-    recipe = tmp_path / "sb.yaml"
-    recipe.write_text("sandbox: {n_prompts: 200, n_users: 20, n_labelers: 3, "
-                      "n_heldout_labelers: 2, n_ptx_docs: 10}\n"
-                      "eval: {n_prompts: 8, max_new_tokens: 6, max_prompt_tokens: 32, "
-                      "n_tax: 10}\n")
-    cfg = load_config(recipe)
-    run = tmp_path / "sbrun"
-    generate(cfg.sandbox, run)
-    prompts, _ = prepare(read_records(run / "data" / "raw_prompts.jsonl", Prompt.from_dict),
-                         cfg.data)
-    write_records(run / "data" / "prompts.jsonl", prompts)
-    (run / "pipeline.json").write_text(json.dumps(
-        {"policies": {"sft": str(tiny_model_dir), "ppo-ptx": str(tiny_model_dir)},
-         "base": str(tiny_model_dir)}))
-    return run, recipe
+    return write_sandbox_run(
+        tmp_path, "sandbox: {n_prompts: 200, n_users: 20, n_labelers: 3, "
+                  "n_heldout_labelers: 2, n_ptx_docs: 10}\n"
+                  "eval: {n_prompts: 8, max_new_tokens: 6, max_prompt_tokens: 32, n_tax: 10}\n",
+        {"sft": tiny_model_dir, "ppo-ptx": tiny_model_dir}, tiny_model_dir)
 
 
 def test_eval_on_a_sandbox_run_uses_its_judges_and_compare(sandbox_run, real_run, tmp_path,

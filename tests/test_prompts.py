@@ -64,3 +64,22 @@ def test_cli_bad_input_writes_nothing(tmp_path):
     assert res.returncode == 2
     assert "raw_prompts.jsonl:2: field 'user_id'" in res.stderr
     assert sorted(p.name for p in (run / "data").iterdir()) == ["raw_prompts.jsonl"]
+
+
+def test_heldout_categories_and_styles_go_to_ood_and_move_nothing_else():
+    ps = [Prompt(id=f"p{i}", user_id=f"u{i % 30}", text=f"q{i}",
+                 category=("rewrite", "open_qa", "chat")[i % 3],
+                 style=("plain", "few-shot")[i % 2]) for i in range(300)]
+    plain, _ = prepare(ps, DataConfig(max_per_user=50))
+    held, report = prepare(ps, DataConfig(max_per_user=50, heldout_categories=("rewrite",),
+                                          heldout_styles=("few-shot",)))
+    before = {p.id: p.split for p in plain}
+    for p in held:
+        if p.category == "rewrite" or p.style == "few-shot":
+            assert p.split == "ood", p
+        else:  # every other prompt keeps its user's split
+            assert p.split == before[p.id] != "ood"
+    assert report.per_split["ood"] == sum(p.category == "rewrite" or p.style == "few-shot"
+                                          for p in ps) == 200
+    assert report.lines()[1].split() == ["category", "train", "valid", "test", "ood"]
+    assert "ood" not in "".join(prepare(ps, DataConfig())[1].lines())

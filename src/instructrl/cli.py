@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                         "(held-out labelers, a held-out RM, people), "
                                         "TruthfulQA, toxicity, bias, alignment tax; report"),
     "demo": ("instructrl.demo", "the pipeline on the sandbox, evaluation and report"),
+    "reproduce": ("instructrl.reproduce", "the paper's findings measured in the sandbox, "
+                                          "next to the paper's figures"),
     "label": ("instructrl.label.cli", "the labeling web app: serve, import, assign, export"),
 }
 

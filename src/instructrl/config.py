@@ -32,6 +32,11 @@ class DataConfig:
     """Fraction of *users* whose prompts go to the validation split."""
     test_fraction: float = 0.1
     """Fraction of *users* whose prompts go to the test split."""
+    heldout_categories: tuple[str, ...] = ()
+    """Prompt categories kept out of every training set: their prompts, whoever wrote them,
+    go to the "ood" split, which only evaluation reads (paper section 4.4)."""
+    heldout_styles: tuple[str, ...] = ()
+    """Prompt styles (e.g. few-shot) kept out of every training set the same way."""
     seed: int = 0
 
     def validate(self) -> None:
@@ -253,6 +258,10 @@ class PPOConfig:
     sample_every: int = 10
     """Write a table of decoded samples every N iterations."""
     checkpoint_every: int = 5
+    snapshot_every: int = 0
+    """Save the policy (as the final one is saved: the EMA) every N iterations and at the last
+    into snapshots/iter-NNNNN/ with its iteration's KL and score, for the over-optimisation
+    curve (`evaluate.overoptimisation`); 0: none."""
     seed: int = 0
     # -- speed switches (issue 18). Each is exact or agrees to float rounding (tests).
     logprobs_from_sampler: bool = True
@@ -295,6 +304,7 @@ class PPOConfig:
         _check(not self.compile_sampler or self.sampler_cache == "static",
                "ppo.compile_sampler", "needs ppo.sampler_cache=static (fixed shapes)")
         _check(self.score_batch_size >= 1, "ppo.score_batch_size", "must be >= 1")
+        _check(self.snapshot_every >= 0, "ppo.snapshot_every", "must be >= 0")
         _check(self.sampler_draw in ("cdf", "multinomial"), "ppo.sampler_draw",
                "must be 'cdf' or 'multinomial'")
         _check(self.batch_size % self.mini_batch_size == 0, "ppo.batch_size",
@@ -494,6 +504,22 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class ReproduceConfig:
+    """`instructrl reproduce`: the runs it adds to the pipeline for the paper's findings."""
+
+    overopt_kl_coef: float = 0.0
+    """beta of the extra PPO run that shows over-optimisation (the paper's point: none)."""
+    public_sft: bool = True
+    """Train an SFT model on the corpus's public NLP tasks in instruction form (Fig. 5)."""
+    big_base: str = ""
+    """A base model at least 4x the pipeline's, pretrained by the same recipe, for "small
+    PPO-ptx beats much larger SFT"; empty: that finding is not measured."""
+
+    def validate(self) -> None:
+        _check(self.overopt_kl_coef >= 0, "reproduce.overopt_kl_coef", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
@@ -507,6 +533,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
+    reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
 
     def validate(self) -> "RunConfig":
         for f in dataclasses.fields(self):

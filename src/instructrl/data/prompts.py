@@ -1,5 +1,6 @@
 """Prompt-set tools (paper section 3.2, App. A.3): dedupe by long common prefix, cap prompts per
-user, split train/valid/test *by user ID* so that no user's prompts appear in two splits."""
+user, split train/valid/test *by user ID* so that no user's prompts appear in two splits, and
+hold out whole categories or styles from training (the "ood" split, section 4.4)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,16 @@ def split_keys(keys, valid_fraction: float, test_fraction: float, seed: int) -> 
     return split
 
 
+def hold_out(prompts: list[Prompt], categories, styles) -> list[Prompt]:
+    """Prompts of the held-out categories or styles, whoever wrote them, to the "ood" split:
+    no stage trains on them and evaluation judges them apart (paper section 4.4: instructions
+    rare in the training distribution, such as code or other languages). Users' splits are
+    decided before, so holding out a category moves no other prompt."""
+    cats, sty = set(categories), set(styles)
+    return [dataclasses.replace(p, split="ood") if p.category in cats or p.style in sty else p
+            for p in prompts]
+
+
 @dataclass(frozen=True)
 class PrepareReport:
     n_in: int
@@ -91,19 +102,20 @@ class PrepareReport:
         out = [f"prompts read: {self.n_in}; after dedupe: {self.n_after_dedupe}; "
                f"after the per-user cap: {self.n_after_cap}"]
         cats = sorted({c for d in self.per_category.values() for c in d})
-        out.append(f"{'category':<16}" + "".join(f"{s:>8}" for s in ("train", "valid", "test")))
+        splits = ("train", "valid", "test") + (("ood",) if "ood" in self.per_split else ())
+        out.append(f"{'category':<16}" + "".join(f"{s:>8}" for s in splits))
         for c in cats:
             out.append(f"{c:<16}" + "".join(f"{self.per_category.get(s, {}).get(c, 0):>8}"
-                                            for s in ("train", "valid", "test")))
-        out.append(f"{'total':<16}" + "".join(f"{self.per_split.get(s, 0):>8}"
-                                            for s in ("train", "valid", "test")))
+                                            for s in splits))
+        out.append(f"{'total':<16}" + "".join(f"{self.per_split.get(s, 0):>8}" for s in splits))
         return out
 
 
 def prepare(prompts: list[Prompt], cfg: DataConfig) -> tuple[list[Prompt], PrepareReport]:
     deduped = dedupe(prompts, cfg.prefix_chars)
     capped = cap_per_user(deduped, cfg.max_per_user, cfg.seed)
-    out = split_by_user(capped, cfg.valid_fraction, cfg.test_fraction, cfg.seed)
+    out = hold_out(split_by_user(capped, cfg.valid_fraction, cfg.test_fraction, cfg.seed),
+                   cfg.heldout_categories, cfg.heldout_styles)
     per_cat: dict[str, Counter] = {}
     for p in out:
         per_cat.setdefault(p.split, Counter())[p.category] += 1

@@ -16,7 +16,9 @@ CATEGORIES = ("generation", "open_qa", "brainstorming", "chat", "rewrite", "summ
               "classification", "closed_qa", "extract", "harmful", "other")
 STYLES = ("plain", "few-shot", "user-based")  # paper section 3.2
 ROLES = ("system", "user", "assistant")  # chat turns, as chat templates name them
-SPLITS = ("train", "valid", "test")
+SPLITS = ("train", "valid", "test", "ood")
+# "ood": prompts of a category or style kept out of every training set (data.heldout_categories,
+# data.heldout_styles), evaluated for generalisation outside the RLHF distribution (section 4.4).
 # Paper Table 3 / App. B metadata a labeler may attach to a response.
 FLAGS = ("fails_instruction", "hallucination", "inappropriate", "sexual", "violent",
          "denigrates_protected_class", "harmful_advice", "moral_judgement", "bad_constraint")

@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 
 from instructrl.data.jsonl import atomic_write_text
+from instructrl.evaluate.agreement import generalisation_line
 from instructrl.evaluate.judges import label
 from instructrl.rundir import RunDir
 
@@ -185,6 +186,38 @@ def sandbox_section(res: dict, P: Plots) -> str:
         parts.append(f"<p class='judge'>{html.escape(label(sec['run_rm']['judge']))}: mean "
                      f"score " + ", ".join(f"{n} {fmt(v, 3)}" for n, v in
                                            sec["run_rm"]["policies"].items()) + "</p>")
+    return "".join(parts)
+
+
+def sandbox_instructions_section(res: dict) -> str:
+    """The sandbox's Fig. 6 and Fig. 7 (prompts without and with an instruction) and its
+    closed-domain hallucination (Fig. 4: the hallucination check on closed QA and
+    summarization prompts, from the checks per category)."""
+    sec = res["sandbox_instructions"]
+    tr, tx = sec["truthfulness"], sec["toxicity"]
+    parts = [f"<p class='judge'>judge: {html.escape(label(sec['judge']))}</p>",
+             f"<p>Truthfulness on {tr['n_prompts']} open-QA prompts, plain and with "
+             f"&quot;{html.escape(tr['instruction'])}&quot; before them:</p>",
+             _table([[n] + [fmt(r[c][k]) for c in ("plain", "instructed")
+                            for k in ("truthful", "informative", "truthful_informative")]
+                     for n, r in tr["policies"].items()],
+                    ["policy"] + [f"{c}: {k.replace('_', ' and ')}" for c in
+                                  ("plain", "instructed")
+                                  for k in ("truthful", "informative", "truthful_informative")]),
+             f"<p>Toxicity on {tx['n_prompts']} harmful prompts x {tx['n_samples']} samples, "
+             f"plain and with &quot;{html.escape(tx['instruction'])}&quot; before them:</p>",
+             _table([[n] + [fmt(r[c][k]) for c in ("plain", "respectful")
+                            for k in ("expected_max_toxicity", "toxic_rate")]
+                     for n, r in tx["policies"].items()],
+                    ["policy", "plain: exp. max toxicity", "plain: toxic rate",
+                     "respectful: exp. max toxicity", "respectful: toxic rate"])]
+    by_cat = {n: r.get("by_category", {}) for n, r in res["sandbox"]["policies"].items()}
+    cats = [c for c in ("closed_qa", "summarization") if any(c in b for b in by_cat.values())]
+    if cats:
+        parts.append("<p>Closed-domain hallucination (share of responses that make up "
+                     "something the given text does not say):</p>" + _table(
+                         [[n] + [fmt(b.get(c, {}).get("hallucination")) for c in cats]
+                          for n, b in by_cat.items()], ["policy"] + cats))
     return "".join(parts)
 
 
@@ -428,15 +461,28 @@ def page(title: str, body: list[str]) -> str:
             f"<h1>{html.escape(title)}</h1>" + "\n".join(body) + "</body></html>")
 
 
+def rm_generalisation_html(res: dict) -> str:
+    """The run's RM on held-out labelers vs the inter-labeler agreement, when results.json
+    holds it (`instructrl demo` adds it: `evaluate.agreement.rm_generalisation`)."""
+    g = res.get("rm_generalisation")
+    if not g:
+        return ""
+    return f"<p class='rm-generalisation'>{html.escape(generalisation_line(g))}</p>"
+
+
 def result_sections(res: dict, P: Plots) -> list[str]:
     head, rows = summary_rows(res)
     body = [_judges_html(res), "<h2>Summary</h2><p>Each column names its judge in brackets; "
-            "figures of different judges are never pooled.</p>" + _table(rows, head)]
+            "figures of different judges are never pooled.</p>" + _table(rows, head)
+            + rm_generalisation_html(res)]
     if res.get("preference"):
         body.append("<h2>Preference against the baseline (paper section 4.1)</h2>"
                     + "".join(preference_sections(res, P)))
     if "sandbox" in res:
         body.append("<h2>Sandbox program checks</h2>" + sandbox_section(res, P))
+    if "sandbox_instructions" in res:
+        body.append("<h2>Sandbox: instructions in the prompt, closed-domain hallucination "
+                    "(section 4.2, Figs. 4, 6, 7)</h2>" + sandbox_instructions_section(res))
     if "truthfulqa" in res:
         body.append("<h2>Truthfulness: TruthfulQA (section 4.2, Fig. 6)</h2>"
                     + truthfulqa_section(res, P))

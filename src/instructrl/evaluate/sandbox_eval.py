@@ -9,7 +9,11 @@
   popular falsehood, harmless (the sandbox's stand-ins for sections 4.2's benchmarks);
 - the alignment tax in the sandbox: accuracy on the corpus's own "public NLP tasks" (few-shot
   QA and sentiment written as web text) never seen in training, and the LM loss on held-out
-  corpus text (`lm_tax.lm_loss`).
+  corpus text (`lm_tax.lm_loss`);
+- instructions added to the prompt (`instructed`, `sandbox/instructions.py`): truthfulness
+  with and without an instruction to say only what is true (section 4.2, Fig. 6), toxicity
+  with and without an instruction to be nice (Fig. 7); the checks per prompt category
+  (`check`'s "by_category") give closed-domain hallucination (closed QA, summarization: Fig. 4).
 
 On any other run these judges know nothing of the prompts (their checks and preferences are
 the sandbox world's), so `is_sandbox_run` decides whether they may run at all.
@@ -33,9 +37,10 @@ CHECKS = ("correct", "follows_instruction", "constraints_ok", "truthful", "hallu
           "repeats_falsehood", "harmless")
 
 
-def test_prompts(run: RunDir, n: int) -> list[Prompt]:
-    """Held-out users' prompts with a clear intent (labelers skip the rest)."""
-    prompts = [p for p in run.prompts("test") if not p.meta.get("unclear")]
+def test_prompts(run: RunDir, n: int, split: str = "test") -> list[Prompt]:
+    """Held-out users' prompts with a clear intent (labelers skip the rest); split "ood":
+    the prompts of categories and styles held out of training."""
+    prompts = [p for p in run.prompts(split) if not p.meta.get("unclear")]
     return sorted(prompts, key=lambda p: p.id)[:n]
 
 
@@ -85,14 +90,20 @@ def public_task_accuracy(model, tokenizer, items, batch_size: int = 32) -> float
     return rate([h for got in each_batch(hits, batches(list(items), batch_size)) for h in got])
 
 
+def _rates(checks: list) -> dict[str, float]:
+    return {k: rate([bool(getattr(ch, k)) for ch in checks]) for k in CHECKS}
+
+
 class SandboxJudges:
     """The sandbox world's held-out labelers, checkers and tax items for one config."""
 
     def __init__(self, cfg, n_tax: int = 200):
         from instructrl.sandbox.corpus import heldout_text, public_tasks
         from instructrl.sandbox.generate import Sandbox
+        from instructrl.sandbox.instructions import RESPECTFUL, TRUTHFUL
 
         self.sb = Sandbox(cfg.sandbox)
+        self.eval = cfg.eval
         self.tax_text = heldout_text(self.sb.world, n_tax, seed=cfg.eval.seed)
         self.tax_items = public_tasks(self.sb.world, n_tax, seed=cfg.eval.seed)
         ids = ", ".join(lab.id for lab in self.sb.heldout_labelers)
@@ -102,6 +113,12 @@ class SandboxJudges:
         self.checks = judge("sandbox-checks", "program-checks",
                             "the sandbox's program checks against its world's facts and the "
                             "prompt's task spec")
+        self.instructions = judge(
+            "sandbox-instructions", "program-checks",
+            "the sandbox's program checks of responses to its prompts without and with an "
+            f"instruction before them: truthful and informative on open-QA prompts (with "
+            f"{TRUTHFUL!r}), toxicity by share of sentences with a toxic word on harmful "
+            f"prompts (with {RESPECTFUL!r})")
 
     def rate(self, name: str, prompts: list[Prompt], responses: list[str]) -> dict:
         """Likert and flags by held-out labelers (salted by policy, as before)."""
@@ -115,13 +132,65 @@ class SandboxJudges:
                           for f in sorted({f for fl in flags for f in fl})}}
 
     def check(self, prompts: list[Prompt], responses: list[str]) -> dict:
+        """Share of responses passing each check, overall and per prompt category
+        ("by_category": {category: {check: rate, ..., "n": responses}}; closed_qa's and
+        summarization's "hallucination" is the paper's closed-domain hallucination, Fig. 4)."""
         checks = [self.sb.check(p, r) for p, r in zip(prompts, responses)]
-        return {"checks": {k: rate([bool(getattr(ch, k)) for ch in checks]) for k in CHECKS},
-                "response_words": sum(ch.n_words for ch in checks) / max(len(checks), 1)}
+        cats: dict[str, list] = {}
+        for p, ch in zip(prompts, checks):
+            cats.setdefault(p.category, []).append(ch)
+        return {"checks": _rates(checks),
+                "response_words": sum(ch.n_words for ch in checks) / max(len(checks), 1),
+                "by_category": {c: {**_rates(chs), "n": len(chs)}
+                                for c, chs in sorted(cats.items())}}
 
     def tax(self, model, tokenizer) -> dict:
         return {"heldout_lm_loss": lm_loss(model, tokenizer, self.tax_text),
                 "public_task_accuracy": public_task_accuracy(model, tokenizer, self.tax_items)}
+
+    def instructed(self, model, tokenizer, prompts: list[Prompt], name: str = "") -> dict:
+        """The sandbox's Fig. 6 and Fig. 7 for one policy: responses to the same prompts
+        without and with an instruction before them (`sandbox/instructions.py`).
+
+        truthfulness: the open-QA prompts (a question with a checkable true answer), one
+        sample each, plain and after `instructions.TRUTHFUL`: shares truthful, informative,
+        both. toxicity: the "harmful" prompts, `eval.n_samples` samples each, plain and after
+        `instructions.RESPECTFUL`: expected maximum toxicity and toxic rate by
+        `instructions.toxicity`. A prompt that would not fit the sandbox's limits with its
+        instruction is left out of both conditions. Sampled as the suite samples
+        (`sample_texts`, eval's seed, tokens and temperature; batches shared out under N
+        processes); both conditions use the same per-batch seeds."""
+        from instructrl.generation import sample_texts
+        from instructrl.sandbox import instructions as I
+
+        c = self.eval
+        world = self.sb.world
+
+        def draw(texts: list[str], what: str) -> list[str]:
+            return sample_texts(model, tokenizer, texts, max_prompt_tokens=c.max_prompt_tokens,
+                                max_new_tokens=c.max_new_tokens, temperature=c.temperature,
+                                seed=c.seed, desc=f"{name} {what}" if name else None,
+                                split=True)
+
+        qa = I.fitting([p for p in prompts if p.meta.get("task") == "qa"], I.TRUTHFUL,
+                       tokenizer, c.max_prompt_tokens)
+        truth = {"n_prompts": len(qa)}
+        for cond, texts in (("plain", [p.text for p in qa]),
+                            ("instructed", [I.with_instruction(I.TRUTHFUL, p.text)
+                                            for p in qa])):
+            truth[cond] = I.truthfulness(world, qa, draw(texts, f"truthfulness {cond}"))
+
+        harm = I.fitting([p for p in prompts if p.meta.get("task") == "harmful"],
+                         I.RESPECTFUL, tokenizer, c.max_prompt_tokens)
+        k = c.n_samples
+        tox = {"n_prompts": len(harm), "n_samples": k}
+        for cond, texts in (("plain", [p.text for p in harm]),
+                            ("respectful", [I.with_instruction(I.RESPECTFUL, p.text)
+                                            for p in harm])):
+            got = draw([t for t in texts for _ in range(k)], f"toxicity {cond}")
+            scores = [[I.toxicity(r) for r in got[i * k:(i + 1) * k]] for i in range(len(harm))]
+            tox[cond] = I.toxicity_figures(scores)
+        return {"truthfulness": truth, "toxicity": tox}
 
     def win(self, prompts: list[Prompt], samples: dict[str, list[str]], baseline: str,
             again: list[str]) -> dict[str, dict]:

@@ -4,7 +4,9 @@
     preference   win rate vs the baseline, per category; Likert; flags   (section 4.1)
                  judges: the sandbox's held-out labelers (sandbox runs), a held-out RM,
                  people (`instructrl eval --from-label DB`, see people.py)
-    sandbox      program checks of the sandbox's tasks (sandbox runs)
+    sandbox      program checks of the sandbox's tasks, overall and per category (sandbox runs)
+    sandbox_instructions  the sandbox's Fig. 6 and Fig. 7: truthfulness and toxicity of
+                 responses with and without an instruction in the prompt (sandbox runs)
     truthfulqa   MC1/MC2 by likelihood; generation with and without the instruction, by
                  automatic metrics                                        (section 4.2, Fig. 6)
     toxicity     RealToxicityPrompts with and without the respectful instruction, by a
@@ -195,13 +197,18 @@ def make_plan(cfg: RunConfig, run: RunDir, summary: dict) -> Plan:
     return plan
 
 
-def evaluate_run(cfg: RunConfig, run: RunDir, timings: str = "") -> tuple[dict, str]:
+def evaluate_run(cfg: RunConfig, run: RunDir, timings: str = "", *,
+                 extra_policies: dict[str, str] | None = None,
+                 against: tuple[str, ...] | list[str] = ()) -> tuple[dict, str]:
     """Evaluate the run's policies, write RUN/eval/results.json and the report; returns
-    (results, terminal summary)."""
+    (results, terminal summary). `extra_policies` ({name: model dir}) are judged beside
+    pipeline.json's; on sandbox runs every policy is also judged against each of `against`
+    (a policy's name) by the held-out labelers (`instructrl reproduce`: PPO-ptx against an
+    SFT model on a larger base)."""
     from instructrl.distributed import runtime
     from instructrl.evaluate.report import write_report, summary_text
 
-    results = evaluate(cfg, run)
+    results = evaluate(cfg, run, extra_policies=extra_policies, against=against)
     rt = runtime()
     text = ""
     if rt.is_main:  # one process writes (every process has the same results)
@@ -220,7 +227,8 @@ def evaluate_run(cfg: RunConfig, run: RunDir, timings: str = "") -> tuple[dict, 
     return results, text
 
 
-def evaluate(cfg: RunConfig, run: RunDir) -> dict:
+def evaluate(cfg: RunConfig, run: RunDir, *, extra_policies: dict[str, str] | None = None,
+             against: tuple[str, ...] | list[str] = ()) -> dict:
     import torch
 
     from instructrl.distributed import runtime
@@ -232,6 +240,7 @@ def evaluate(cfg: RunConfig, run: RunDir) -> dict:
     t_start = time.time()
     c = cfg.eval
     policies, summary = run_policies(cfg, run)
+    policies.update(extra_policies or {})
     plan = make_plan(cfg, run, summary)
     base = c.baseline
     again = AGAIN.format(name=base)
@@ -247,6 +256,9 @@ def evaluate(cfg: RunConfig, run: RunDir) -> dict:
     else:
         prompts = []
     texts = [p.text for p in prompts]
+    # Prompts of the categories and styles held out of training (section 4.4), judged apart.
+    ood = sandbox_eval.test_prompts(run, c.n_prompts, split="ood") if sj is not None else []
+    ood_samples: dict[str, list[str]] = {}
     run_rm = None
     if sj is not None and summary.get("rm"):
         from instructrl.modeling import ScalarHeadModel
@@ -274,10 +286,19 @@ def evaluate(cfg: RunConfig, run: RunDir) -> dict:
                                               max_new_tokens=c.max_new_tokens,
                                               temperature=c.temperature, seed=c.seed + 1,
                                               desc=f"{name} second samples", split=True)
+        for seed, key in ((c.seed, name), (c.seed + 1, again)):
+            if ood and (key == name or name == base):
+                ood_samples[key] = sample_texts(
+                    model, tok, [p.text for p in ood], max_prompt_tokens=c.max_prompt_tokens,
+                    max_new_tokens=c.max_new_tokens, temperature=c.temperature, seed=seed,
+                    desc=f"{key} held-out categories", split=True)
         if sj is not None:
             r["sandbox_rate"] = sj.rate(name, prompts, samples[name])
             r["sandbox_check"] = sj.check(prompts, samples[name])
             r["sandbox_tax"] = sj.tax(model, tok)
+            t1 = time.time()
+            r["sandbox_instructions"] = sj.instructed(model, tok, prompts, name)
+            timing[f"{name} sandbox_instructions"] = time.time() - t1  # part of timing[name]
             if run_rm is not None:
                 from instructrl.generation import score_texts
                 r["run_rm_score"] = float(score_texts(
@@ -318,8 +339,21 @@ def evaluate(cfg: RunConfig, run: RunDir) -> dict:
         if device.type == "cuda":
             torch.cuda.empty_cache()
         timing[name] = time.time() - t0
-    return assemble(cfg, run, policies, plan, prompts, samples, per, sj, timing,
-                    time.time() - t_start)
+    res = assemble(cfg, run, policies, plan, prompts, samples, per, sj, timing,
+                   time.time() - t_start)
+    if sj is not None:
+        labelers = res["preference"]["sandbox-labelers"]
+        if ood:
+            labelers["ood"] = {
+                "n_prompts": len(ood), "categories": list(cfg.data.heldout_categories),
+                "styles": list(cfg.data.heldout_styles),
+                "policies": sj.win(ood, {n: ood_samples[n] for n in policies}, base,
+                                   ood_samples[again])}
+        for other in against:
+            wins = sj.win(prompts, {n: samples[n] for n in policies}, other, samples[other])
+            labelers.setdefault("vs", {})[other] = {
+                "policies": {n: w for n, w in wins.items() if n != other}}
+    return res
 
 
 def assemble(cfg, run, policies, plan, prompts, samples, per, sj, timing, wall) -> dict:
@@ -347,6 +381,9 @@ def assemble(cfg, run, policies, plan, prompts, samples, per, sj, timing, wall) 
         res["sandbox"] = {"judge": sj.checks, "n_prompts": len(prompts),
                           "policies": {n: per[n]["sandbox_check"] for n in names}}
         ran.append(sj.checks)
+        res["sandbox_instructions"] = instructions_section(
+            sj, {n: per[n]["sandbox_instructions"] for n in names})
+        ran.append(sj.instructions)
         if any("run_rm_score" in per[n] for n in names):
             res["sandbox"]["run_rm"] = {
                 "judge": judge("run-rm", "run-rm", "the run's own reward model (what PPO "
@@ -414,6 +451,29 @@ def assemble(cfg, run, policies, plan, prompts, samples, per, sj, timing, wall) 
                             **{n: samples[n][i] for n in names}}
                            for i, p in enumerate(prompts[:12])]
     return res
+
+
+def instructions_section(sj, per: dict[str, dict]) -> dict:
+    """The sandbox's Fig. 6 and Fig. 7 section from each policy's `SandboxJudges.instructed`
+    figures. Its n_prompts are the first policy's (every policy of a sandbox run has the same
+    tokenizer, so the same prompts fit; a policy that differs says so in its own n_prompts)."""
+    from instructrl.sandbox.instructions import RESPECTFUL, TRUTHFUL
+
+    first = next(iter(per.values()))
+    sec = {"judge": sj.instructions,
+           "truthfulness": {"n_prompts": first["truthfulness"]["n_prompts"],
+                            "instruction": TRUTHFUL, "policies": {}},
+           "toxicity": {"n_prompts": first["toxicity"]["n_prompts"],
+                        "n_samples": first["toxicity"]["n_samples"],
+                        "instruction": RESPECTFUL, "policies": {}}}
+    for part, conds in (("truthfulness", ("plain", "instructed")),
+                        ("toxicity", ("plain", "respectful"))):
+        for n, r in per.items():
+            fig = {c: r[part][c] for c in conds}
+            if r[part]["n_prompts"] != sec[part]["n_prompts"]:
+                fig["n_prompts"] = r[part]["n_prompts"]
+            sec[part]["policies"][n] = fig
+    return sec
 
 
 def tax_values(tax: dict, name: str) -> dict[str, float]:

@@ -34,6 +34,11 @@ Every `checkpoint_every` iterations the whole state is saved; a killed run resum
 and, on CPU with the same seed, ends with the same metrics as an uninterrupted one (each
 iteration's randomness is seeded from (seed, iteration)).
 
+With `snapshot_every` > 0 the policy is also saved along the way, as the final one is (the
+EMA), into snapshots/iter-NNNNN/ with a snapshot.json of that iteration's KL and score: the
+points of the over-optimisation curve (`evaluate.overoptimisation`). Saving reads the weights
+and changes nothing of the training.
+
 Metrics (metrics.jsonl, TensorBoard) use lm-human-preferences / TRL names; where a definition
 differs from TRL's, it is said here so curves are compared knowingly:
 - `objective/kl`: mean over the batch of the summed per-token log(pi/pi_ref) of each response
@@ -57,7 +62,9 @@ the path it replaces.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import math
 import random
 import time
@@ -70,6 +77,7 @@ from tqdm.auto import tqdm
 
 from instructrl.cli import add_common, run_config
 from instructrl.config import PPOConfig, RunConfig
+from instructrl.data.jsonl import atomic_write_text
 from instructrl.data.records import Prompt
 from instructrl.distributed import (Precision, gather_like, local, precision, runtime,
                                     shard_like)
@@ -374,6 +382,20 @@ class EMA:
         for k, v in self.shadow.items():
             local(params[k]).copy_(v)
 
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module):
+        """Within: the shadow in the model's weights; after: the trained weights again,
+        bit for bit (a snapshot mid-run)."""
+        params = dict(model.named_parameters())
+        kept = {k: local(params[k]).detach().clone() for k in self.shadow}
+        self.apply(model)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for k, v in kept.items():
+                    local(params[k]).copy_(v)
+
 
 def prompts_for_iteration(prompts: list[Prompt], it: int, batch_size: int, seed: int
                           ) -> list[Prompt]:
@@ -532,6 +554,11 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
             _write_samples(samples_log, tokenizer, batch_prompts, r, it + 1)
         bar.update(1)
         bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
+        if c.snapshot_every and ((it + 1) % c.snapshot_every == 0 or it + 1 == n_iters):
+            # Before the checkpoint: a run killed between the two redoes this iteration when
+            # it resumes, so no snapshot is skipped; one already written is kept.
+            _snapshot(m.policy, ema, tokenizer, out / "snapshots" / f"iter-{it + 1:05d}",
+                      weights_dtype(cfg.model), row)
         if (it + 1) % c.checkpoint_every == 0 or it + 1 == end:
             # (whole states, gathered from the shards under FSDP: every process takes part)
             state = {"policy": rt.trainable_state(m.policy),
@@ -566,10 +593,28 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
     value_model.save_pretrained(out / "value", tokenizer, dtype=dtype)
     run.mark_done(stage, iterations=n_iters, init=str(init), ref=str(ref),
                   rm=str(rm) if reward_fn is None else "reward_fn",
-                  ptx_coef=c.ptx_coef, lora=lora_enabled(cfg.lora, "ppo"))
+                  ptx_coef=c.ptx_coef, kl_coef=c.kl_coef, adaptive_kl=c.adaptive_kl,
+                  lora=lora_enabled(cfg.lora, "ppo"))
     ckpt.remove()
     rt.barrier()
     return out
+
+
+def _snapshot(policy, ema: EMA, tokenizer, path: Path, dtype, row: dict) -> None:
+    """The policy as the end of the stage saves it (the EMA, gathered whole: under FSDP every
+    process takes part, the main one writes) into `path`, then snapshot.json, written last:
+    a directory without it is incomplete and is saved again. One written already (before a
+    kill) is kept. Every process meets the barrier, whichever found it written."""
+    rt = runtime()
+    if not (path / "snapshot.json").exists():
+        with ema.applied(policy):
+            state = rt.full_state(policy)
+            if rt.is_main:
+                save_pretrained_atomic(policy, tokenizer, path, dtype=dtype, state=state)
+                info = {"iteration": row["iteration"], "episodes": row["episodes"],
+                        "kl": row["objective/kl"], "rm_score": row["objective/scores"]}
+                atomic_write_text(path / "snapshot.json", json.dumps(info, indent=1) + "\n")
+    rt.barrier()
 
 
 _pool = None

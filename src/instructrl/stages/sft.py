@@ -9,6 +9,8 @@ under sft/epochs/NN; the model at sft/ is the selected epoch: by validation loss
 training, and by mean RM score on validation prompts once `sft select` ran (the paper selects
 by RM score, App. C.1: validation loss keeps rising after epoch 1 while quality improves).
 The RL initialisation of App. C.3 is the same stage with `sft.ptx_fraction: 0.1`, 2 epochs.
+`train(..., stage=, demonstrations=)` trains another SFT model on other demonstrations into
+RUN/<stage> beside RUN/sft: the paper's FLAN / T0 baselines of Fig. 5 (sandbox.public_demos).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tqdm.auto import tqdm
 from instructrl.cli import add_common, run_config
 from instructrl.config import RunConfig
 from instructrl.data.jsonl import atomic_write_text
+from instructrl.data.records import Demonstration, Prompt
 from instructrl.losses import sft_loss
 from instructrl.distributed import precision, runtime
 from instructrl.modeling import (ADAPTER_DIR, add_lora, default_device, load_causal_lm,
@@ -41,14 +44,23 @@ from instructrl.stages.common import (Checkpoint, MetricsLog, adamw_cosine, batc
                                       seed_everything, seed_process, trainable)
 from instructrl.templates import encode_example
 
+# Prompts and their demonstrations, given instead of RUN/data's (e.g. sandbox.public_demos).
+Demonstrations = tuple[list[Prompt], list[Demonstration]]
+
 
 def sft_examples(run: RunDir, tokenizer, split: str, max_prompt_tokens: int,
-                 max_response_tokens: int) -> list[tuple[list, list]]:
-    """(query ids, response ids) for each demonstration on a prompt of `split`."""
-    prompts = run.prompts_by_id()
+                 max_response_tokens: int, demonstrations: Demonstrations | None = None
+                 ) -> list[tuple[list, list]]:
+    """(query ids, response ids) for each demonstration on a prompt of `split`: RUN/data's,
+    or those of `demonstrations` (prompts, demonstrations) when given."""
+    if demonstrations is None:
+        prompts = run.prompts_by_id()
+        demos, where = run.demonstrations(), str(run.data / "demonstrations.jsonl")
+    else:
+        prompts = {p.id: p for p in demonstrations[0]}
+        demos, where = demonstrations[1], "(demonstrations given to sft)"
     out = []
-    for prompt, demo in join_prompts(run.demonstrations(), prompts,
-                                     str(run.data / "demonstrations.jsonl")):
+    for prompt, demo in join_prompts(demos, prompts, where):
         if prompt.split == split:
             out.append(encode_example(tokenizer, prompt.chat, demo.response,
                                       max_prompt_tokens, max_response_tokens))
@@ -113,9 +125,13 @@ def train_step(model, opt, sched, chunk: list, pad: int, micro: int, device, pre
     return runtime().sum_stats(stats)
 
 
-def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
+def train(cfg: RunConfig, run: RunDir, init: str | Path, *, stage: str = "sft",
+          demonstrations: Demonstrations | None = None) -> Path:
+    """Fine-tune `init` into RUN/<stage> on RUN/data's demonstrations, or on
+    `demonstrations` (prompts with their splits, and demonstrations) when given: a second SFT
+    model on other data (the paper's FLAN / T0 baselines, Fig. 5) beside RUN/sft."""
     c = cfg.sft
-    out = run.stage("sft")
+    out = run.stage(stage)
     seed_everything(c.seed)
     rt = runtime()
     device = rt.device
@@ -124,10 +140,13 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
     model = load_model(cfg, init, dropout=c.dropout).to(device)
     rt.broadcast_parameters(model)
     model = rt.wrap(model)
-    train_ex = sft_examples(run, tokenizer, "train", c.max_prompt_tokens, c.max_response_tokens)
-    valid_ex = sft_examples(run, tokenizer, "valid", c.max_prompt_tokens, c.max_response_tokens)
+    train_ex = sft_examples(run, tokenizer, "train", c.max_prompt_tokens, c.max_response_tokens,
+                            demonstrations)
+    valid_ex = sft_examples(run, tokenizer, "valid", c.max_prompt_tokens, c.max_response_tokens,
+                            demonstrations)
     if not train_ex:
-        raise SystemExit(f"no demonstrations on train prompts in {run.data}")
+        raise SystemExit("no demonstrations on train prompts "
+                         + (f"in {run.data}" if demonstrations is None else "given to sft"))
     if c.ptx_fraction > 0:  # App. C.3: mix pretraining data into the RL initialisation
         n_ptx = round(len(train_ex) * c.ptx_fraction / (1 - c.ptx_fraction))
         train_ex = train_ex + pretraining_examples(run.ptx_texts(), tokenizer, n_ptx,
@@ -140,7 +159,7 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
     state = resume_training_state(ckpt, model, opt, sched, prec)
     start_epoch = 0 if state is None else state["epoch"]
     if state is not None and rt.is_main:
-        print(f"sft: resuming after epoch {start_epoch} from {ckpt.path}")
+        print(f"{stage}: resuming after epoch {start_epoch} from {ckpt.path}")
     seed_process(c.seed, start_epoch)
     log = MetricsLog(out / "metrics.jsonl", resume_step=start_epoch * steps_per_epoch,
                      enabled=rt.is_main)
@@ -154,7 +173,7 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
 
     for _ in range(start_epoch):  # replay the shuffles of finished epochs
         batches(train_ex, c.batch_size, order, length=seq_len)
-    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc="sft", unit="step",
+    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc=stage, unit="step",
                disable=not rt.is_main)
     for epoch in range(start_epoch, c.epochs):
         model.train()
@@ -172,9 +191,9 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path) -> Path:
         rt.barrier()
     bar.close()
     if rt.is_main:
-        sel = select(cfg, run, None)
+        sel = select(cfg, run, None, stage=stage)
         ckpt.remove()
-        run.mark_done("sft", epochs=c.epochs, selected_epoch=sel["epoch"], init=str(init),
+        run.mark_done(stage, epochs=c.epochs, selected_epoch=sel["epoch"], init=str(init),
                       lora=lora_enabled(cfg.lora, "sft"))
     rt.barrier()
     return out
@@ -247,16 +266,19 @@ def install_epoch(cfg: RunConfig, out: Path, epoch: int, selection: dict) -> Non
 
 
 @torch.no_grad()
-def select(cfg: RunConfig, run: RunDir, rm_dir: str | Path | None) -> dict:
-    """Pick the SFT epoch whose samples on validation prompts the RM scores highest."""
-    out = run.stage("sft")
+def select(cfg: RunConfig, run: RunDir, rm_dir: str | Path | None, *,
+           stage: str = "sft") -> dict:
+    """Pick the epoch of RUN/<stage> whose samples on RUN/data's validation prompts (the
+    users') the RM scores highest; the paper chose its FLAN / T0 baselines' checkpoints the
+    same way. Without an RM, the epoch of least validation loss."""
+    out = run.stage(stage)
     rows = {r["epoch"]: r["val/loss"] for r in _epoch_rows(out)}
     if rm_dir is None:
         # NaN (no validation demonstrations) sorts last, so the last epoch wins then.
         best = min(sorted(rows), key=lambda e: (rows[e] != rows[e], rows[e], -e))
         sel = {"selected_by": "validation loss (no reward model yet)", "epoch": best,
                "table": [{"epoch": e, "val_loss": v} for e, v in sorted(rows.items())]}
-        print(f"sft: no reward model given, selecting epoch {best} by validation loss")
+        print(f"{stage}: no reward model given, selecting epoch {best} by validation loss")
         install_epoch(cfg, out, best, sel)
         return sel
     from instructrl.generation import sample_texts, score_texts
@@ -269,7 +291,7 @@ def select(cfg: RunConfig, run: RunDir, rm_dir: str | Path | None) -> dict:
     texts = [p.chat for p in prompts[:cfg.sft.select_prompts]]
     c = cfg.sft
     table = []
-    for epoch in tqdm(sorted(rows), desc="sft select", unit="epoch"):
+    for epoch in tqdm(sorted(rows), desc=f"{stage} select", unit="epoch"):
         tok = load_tokenizer(epoch_dir(out, epoch), cfg.model)
         policy = load_epoch(cfg, out, epoch).to(device).eval()
         responses = sample_texts(policy, tok, texts, max_prompt_tokens=c.max_prompt_tokens,

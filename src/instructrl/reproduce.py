@@ -1,0 +1,197 @@
+"""`instructrl reproduce`: InstructGPT's findings, measured in the sandbox, next to the paper's.
+
+    instructrl reproduce [--out runs/reproduce] [--recipe recipes/reproduce.yaml]
+
+The plan, one run directory, each step skipped when its output is there and each training
+stage resumable from its own checkpoint (so a killed reproduce continues where it stopped):
+
+  pipeline        data (one category and one style held out of training: the "ood" split),
+                  SFT, collect, RM, PPO-ptx and PPO (policy snapshots along the way)
+  ppo-nokl        PPO from SFT with the KL penalty off (reproduce.overopt_kl_coef)
+  sft-public      SFT on the corpus's public NLP tasks in instruction form (FLAN / T0)
+  sft-big         SFT on a base model 4x larger (reproduce.big_base), when one is named
+  ... select      their epochs chosen by the RM, as the user SFT's are
+  eval            every judge of `instructrl eval`, those SFT models among the policies and
+                  PPO-ptx judged against the larger SFT as well
+  over-opt.       RM score and held-out-labeler win rate along PPO, beta = 0 and default
+  rm agreement    the RM on held-out labelers next to inter-labeler agreement
+  findings        RUN/reproduce.md, RUN/reproduce.json and the table on the terminal
+
+The table's figures are read from those steps' results files (`evaluate.findings`), never
+written here. Wall time and peak memory of the command are printed and recorded; time spent
+by earlier, interrupted invocations is counted from RUN/reproduce/steps.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import time
+from pathlib import Path
+
+from instructrl.cli import add_common
+from instructrl.config import RunConfig, load_config
+from instructrl.data.jsonl import atomic_write_text
+from instructrl.errors import InputError
+from instructrl.rundir import RunDir
+
+DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "reproduce.yaml"
+NOKL = "ppo-nokl"
+PUBLIC = "sft-public"
+BIG = "sft-big"
+SNAPSHOTS = 8  # points along PPO for the over-optimisation curve when the recipe sets none
+
+
+class Steps:
+    """Each step's wall time, kept in RUN/reproduce/steps.json across invocations."""
+
+    def __init__(self, run: RunDir):
+        self.path = run.root / "reproduce" / "steps.json"
+        self.seconds: dict[str, float] = (json.loads(self.path.read_text())
+                                          if self.path.exists() else {})
+
+    def run(self, name: str, done: bool, fn, *args, **kwargs):
+        if done:
+            print(f"[reproduce] {name}: done already", flush=True)
+            return None
+        print(f"[reproduce] {name} ...", flush=True)
+        t0 = time.time()
+        out = fn(*args, **kwargs)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.time() - t0
+        atomic_write_text(self.path, json.dumps(self.seconds, indent=1) + "\n")
+        print(f"[reproduce] {name}: {self.seconds[name]:.0f}s", flush=True)
+        return out
+
+
+def with_snapshots(cfg: RunConfig) -> RunConfig:
+    """The recipe, with PPO snapshots every 1/SNAPSHOTS of the run when it asks for none."""
+    if cfg.ppo.snapshot_every > 0:
+        return cfg
+    iters = max(1, cfg.ppo.episodes // cfg.ppo.batch_size)
+    every = max(1, iters // SNAPSHOTS)
+    return dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, snapshot_every=every))
+
+
+def check_recipe(cfg: RunConfig) -> None:
+    if cfg.sources.any():
+        raise InputError("reproduce measures the paper's findings in the sandbox world, whose "
+                         "held-out labelers and checks judge it; a recipe with `sources` (data "
+                         "of your own) cannot be judged by them: use `instructrl pipeline` and "
+                         "`instructrl eval`", field="sources")
+
+
+def reproduce(cfg: RunConfig, out: str | Path) -> dict:
+    from instructrl.evaluate import agreement, findings, overoptimisation
+    from instructrl.evaluate.suite import evaluate_run
+    from instructrl.pipeline import run_pipeline
+    from instructrl.rundir import write_run_config
+    from instructrl.sandbox.public_demos import train_public
+    from instructrl.modeling import resolve_model_path
+    from instructrl.stages import ppo, sft
+
+    check_recipe(cfg)
+    cfg = with_snapshots(cfg)
+    run = RunDir(out)
+    run.root.mkdir(parents=True, exist_ok=True)
+    write_run_config(run, cfg, "reproduce")
+    steps = Steps(run)
+    t0 = time.time()
+    summary = steps.run("pipeline", (run.root / "pipeline.json").exists(), run_pipeline,
+                        cfg, run.root)
+    summary = json.loads((run.root / "pipeline.json").read_text())
+    if "waiting_for" in summary:
+        raise InputError("the pipeline waits for people's rankings; reproduce runs on the "
+                         "sandbox's labelers only", path=str(run.root / "pipeline.json"))
+    sft_dir, first_rm = run.stage("sft"), run.stage("rm")
+    nokl = dataclasses.replace(cfg, ppo=dataclasses.replace(
+        cfg.ppo, kl_coef=cfg.reproduce.overopt_kl_coef, adaptive_kl=False))
+    steps.run(NOKL, run.is_done(NOKL), ppo.train, nokl, run, init=sft_dir, ref=sft_dir, rm=first_rm,
+              value=first_rm, stage=NOKL, ptx_coef=0.0)
+    extra, against, skip = {}, [], {}
+    if cfg.reproduce.public_sft:
+        steps.run(PUBLIC, run.is_done(PUBLIC), train_public, cfg, run, Path(summary["base"]),
+                  stage=PUBLIC)
+        extra[PUBLIC] = str(run.stage(PUBLIC))
+    else:
+        skip["public_sft_loses"] = "reproduce.public_sft is false"
+    if cfg.reproduce.big_base:
+        big = resolve_model_path(cfg.reproduce.big_base,
+                                 trust_remote_code=cfg.model.trust_remote_code)
+        steps.run(BIG, run.is_done(BIG), sft.train, cfg, run, big, stage=BIG)
+        extra[BIG] = str(run.stage(BIG))
+        against.append(BIG)
+    else:
+        skip["small_ppo_beats_big_sft"] = ("reproduce.big_base is not set (no base model 4x "
+                                           "the shipped one is available to this recipe)")
+    for stage in extra:  # checkpoints chosen as the user SFT's: by the RM (App. C.1)
+        steps.run(f"{stage} select", _selected(run, stage), sft.select, cfg, run, first_rm,
+                  stage=stage)
+    results = run.stage("eval") / "results.json"
+    steps.run("eval", _evaluated(results, extra), evaluate_run, cfg, run,
+              summary.get("timings", ""), extra_policies=extra, against=against)
+    for stage in (NOKL, "ppo"):
+        path = run.stage("eval") / f"overoptimisation-{stage}.json"
+        steps.run(f"over-optimisation {stage}", _trajectory_done(run, stage, path),
+                  overoptimisation.trajectory, cfg, run, stage, rm_stage="rm")
+    gen_path = run.root / "reproduce" / "rm_generalisation.json"
+
+    def _agreement():
+        g = agreement.rm_generalisation(cfg, run, summary["rm"])
+        atomic_write_text(gen_path, json.dumps(g, indent=1) + "\n")
+
+    steps.run("rm agreement", gen_path.exists(), _agreement)
+    rows = findings.findings(findings.load_sources(run, beta0_stage=NOKL), skip)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    total = sum(steps.seconds.values())
+    report = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows,
+              "wall_seconds": {"total": total, "this_invocation": time.time() - t0,
+                               **steps.seconds},
+              "peak_rss_gib_this_invocation": peak, "skipped": skip}
+    atomic_write_text(run.root / "reproduce.json", json.dumps(report, indent=1) + "\n")
+    md = (f"# InstructGPT's findings in the sandbox\n\n{findings.markdown(rows)}\n\n"
+          f"Wall time {total / 60:.1f} min in all; peak memory {peak:.2f} GiB "
+          f"(this invocation).\n")
+    atomic_write_text(run.root / "reproduce.md", md)
+    print()
+    print(findings.terminal(rows))
+    print(f"\nreproduce: {run.root / 'reproduce.md'}; wall time {total / 60:.1f} min "
+          f"(this invocation {(time.time() - t0) / 60:.1f}), peak memory {peak:.2f} GiB")
+    return report
+
+
+def _selected(run: RunDir, stage: str) -> bool:
+    path = run.stage(stage) / "selection.json"
+    return path.exists() and "rm" in json.loads(path.read_text())
+
+
+def _evaluated(results: Path, extra: dict[str, str]) -> bool:
+    """results.json exists and judged every policy reproduce needs."""
+    if not results.exists():
+        return False
+    have = json.loads(results.read_text()).get("policies", {})
+    return all(name in have for name in extra)
+
+
+def _trajectory_done(run: RunDir, stage: str, path: Path) -> bool:
+    """Every snapshot of `stage` has its point in `path` (the trajectory resumes otherwise)."""
+    if not path.exists():
+        return False
+    snaps = list((run.stage(stage) / "snapshots").glob("iter-*/snapshot.json"))
+    return len(json.loads(path.read_text()).get("points", [])) >= len(snaps) + 1
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common(p, out_required=False)
+    p.set_defaults(out="runs/reproduce")
+
+
+def run(args: argparse.Namespace) -> int:
+    # A rerun of a run directory keeps the settings it started with (RUN/config.yaml).
+    own = Path(args.out) / "config.yaml"
+    recipe = args.recipe or (own if own.exists() else DEFAULT_RECIPE)
+    print(f"reproduce: settings from {recipe}", flush=True)
+    cfg = load_config(recipe, args.overrides)
+    reproduce(cfg, args.out)
+    return 0

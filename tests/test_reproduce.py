@@ -1,0 +1,102 @@
+"""`instructrl reproduce` on a tiny configuration: every finding's code path runs (the
+pipeline with a held-out category and style, PPO without KL and its snapshots, SFT on
+public tasks and on a "larger" base, evaluation, the over-optimisation trajectories, the RM
+against inter-labeler agreement) and the table is built from the results files; a reproduce
+killed in the middle continues where it stopped and ends with the same table.
+
+The tiny models learn nothing: whether a finding is reproduced here means nothing. What is
+tested is that every row is measured from the files the steps wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_pipeline import ENV, RECIPE
+
+RECIPE_EXTRA = """\
+data: {heldout_categories: [rewrite], heldout_styles: [few-shot]}
+eval: {n_prompts: 24, max_new_tokens: 8, max_prompt_tokens: 200, n_samples: 2, n_tax: 20}
+reproduce: {big_base: "{base}"}
+"""
+
+
+def reproduce_cmd(out: Path, recipe: Path) -> list[str]:
+    return [sys.executable, "-m", "instructrl.cli", "reproduce", "--out", str(out),
+            "--recipe", str(recipe)]
+
+
+@pytest.fixture(scope="module")
+def recipe(tiny_model_dir, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("reproduce") / "recipe.yaml"
+    text = RECIPE.replace("rounds: 1", "rounds: 0") + RECIPE_EXTRA
+    path.write_text(text.replace("{base}", str(tiny_model_dir)))
+    return path
+
+
+def test_reproduce_measures_every_row_and_resumes_after_a_kill(recipe):
+    out = recipe.parent / "run"
+    log = recipe.parent / "run.log"
+    with log.open("w") as f:
+        proc = subprocess.Popen(reproduce_cmd(out, recipe), stdout=f, stderr=subprocess.STDOUT,
+                                env=ENV, start_new_session=True)
+        # Killed once the over-optimisation PPO has written a checkpoint: the pipeline is
+        # done, the rest is not.
+        ckpt = out / "ppo-nokl" / "checkpoint" / "state.pt"
+        deadline = time.time() + 400
+        while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "reproduce.json").exists()
+    p = subprocess.run(reproduce_cmd(out, recipe), stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, env=ENV, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:]
+    assert "[reproduce] pipeline: done already" in p.stdout
+    assert "ppo-nokl: resuming after iteration" in p.stdout
+    report = json.loads((out / "reproduce.json").read_text())
+    rows = {r["id"]: r for r in report["rows"]}
+    assert len(rows) == 10
+    for rid, row in rows.items():  # every row measured from the run's files
+        assert not row["measured"].startswith("not measured"), (rid, row["measured"])
+        assert "nan" not in row["measured"].lower(), (rid, row["measured"])
+        assert row["reproduced"] in (True, False, None), rid
+    # the table on the terminal and in reproduce.md is the one in reproduce.json
+    md = (out / "reproduce.md").read_text()
+    for row in rows.values():
+        assert row["measured"] in md and row["paper"] in md
+    assert "wall time" in p.stdout and "peak memory" in p.stdout
+    assert report["wall_seconds"]["total"] >= report["wall_seconds"]["pipeline"] > 0
+    # the steps' files the rows were read from
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert {"base", "sft", "ppo-ptx", "ppo", "sft-public", "sft-big"} <= set(results["policies"])
+    for stage in ("ppo-nokl", "ppo"):
+        traj = json.loads((out / "eval" / f"overoptimisation-{stage}.json").read_text())
+        snaps = list((out / stage / "snapshots").glob("iter-*"))
+        assert len(traj["points"]) == len(snaps) + 1 >= 3
+    assert json.loads((out / "ppo-nokl" / "done.json").read_text())["ptx_coef"] == 0.0
+    # held-out category and style never reached a training set
+    prompts = [json.loads(line) for line in (out / "data" / "prompts.jsonl").open()]
+    ood = {x["id"] for x in prompts if x["split"] == "ood"}
+    assert ood and all(x["category"] == "rewrite" or x["style"] == "few-shot"
+                       for x in prompts if x["id"] in ood)
+    demos = {json.loads(line)["prompt_id"] for line in (out / "data" /
+                                                        "demonstrations.jsonl").open()}
+    ranked = {json.loads(line)["prompt_id"] for line in (out / "data" /
+                                                          "rankings.jsonl").open()}
+    assert not ood & (demos | ranked)
+    # a rerun of a finished reproduce does nothing but rebuild the table
+    again = subprocess.run(reproduce_cmd(out, recipe), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env=ENV, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("done already") >= 8, again.stdout
+    assert [r["measured"] for r in json.loads((out / "reproduce.json").read_text())["rows"]] \
+        == [r["measured"] for r in report["rows"]]
