@@ -1,5 +1,6 @@
 """`instructrl reproduce` on a tiny configuration: every finding's code path runs (the
-pipeline with a held-out category and style, PPO without KL and its snapshots, SFT on
+pipeline with a held-out category and style, PPO's settings chosen on validation prompts by
+the training labelers, PPO without KL and its snapshots, SFT on
 public tasks and on a "larger" base, evaluation, the over-optimisation trajectories, the RM
 against inter-labeler agreement) and the table is built from the results files; a reproduce
 killed in the middle continues where it stopped and ends with the same table.
@@ -20,12 +21,15 @@ from pathlib import Path
 
 import pytest
 
+from instructrl.config import load_config
+from instructrl.errors import InputError
+from instructrl.stages.choose import combinations, stage_name, with_settings
 from test_pipeline import ENV, RECIPE
 
 RECIPE_EXTRA = """\
 data: {heldout_categories: [rewrite], heldout_styles: [few-shot]}
 eval: {n_prompts: 24, max_new_tokens: 8, max_prompt_tokens: 200, n_samples: 2, n_tax: 20}
-reproduce: {big_base: "{base}"}
+reproduce: {big_base: "{base}", choose: ["ppo.lr=0.001,0.002"], choose_episodes: 32}
 """
 
 
@@ -84,6 +88,17 @@ def test_reproduce_measures_every_row_and_resumes_after_a_kill(recipe):
         snaps = list((out / stage / "snapshots").glob("iter-*"))
         assert len(traj["points"]) == len(snaps) + 1 >= 3
     assert json.loads((out / "ppo-nokl" / "done.json").read_text())["ptx_coef"] == 0.0
+    # PPO's settings: chosen among the grid by the training labelers on validation prompts,
+    # recorded in the run's config, which the pipeline's PPO stages then ran with
+    choice = json.loads((out / "choose" / "choice.json").read_text())
+    assert [r["settings"] for r in choice["rows"]] == [["ppo.lr=0.001"], ["ppo.lr=0.002"]]
+    assert choice["best"] == max(choice["rows"], key=lambda r: r["win_rate"]["mean"])[
+        "settings"]
+    assert choice["judged_by"].startswith("the sandbox's training labelers")
+    chosen = float(choice["best"][0].split("=")[1])
+    assert load_config(out / "config.yaml").ppo.lr == chosen
+    for stage in ("choose-lr0.001", "choose-lr0.002"):
+        assert (out / stage / "done.json").exists()
     # held-out category and style never reached a training set
     prompts = [json.loads(line) for line in (out / "data" / "prompts.jsonl").open()]
     ood = {x["id"] for x in prompts if x["split"] == "ood"}
@@ -100,3 +115,17 @@ def test_reproduce_measures_every_row_and_resumes_after_a_kill(recipe):
     assert again.returncode == 0 and again.stdout.count("done already") >= 8, again.stdout
     assert [r["measured"] for r in json.loads((out / "reproduce.json").read_text())["rows"]] \
         == [r["measured"] for r in report["rows"]]
+
+
+def test_choose_grid_combinations_names_and_errors():
+    grid = combinations(["ppo.lr=1.0e-4,2.0e-4", "ppo.kl_coef=0.02, 0.1"])
+    assert grid == [["ppo.lr=1.0e-4", "ppo.kl_coef=0.02"], ["ppo.lr=1.0e-4", "ppo.kl_coef=0.1"],
+                    ["ppo.lr=2.0e-4", "ppo.kl_coef=0.02"], ["ppo.lr=2.0e-4", "ppo.kl_coef=0.1"]]
+    assert stage_name(grid[1]) == "choose-lr1.0e-4-kl_coef0.1"
+    cfg = with_settings(load_config(None), grid[3])
+    assert (cfg.ppo.lr, cfg.ppo.kl_coef) == (2.0e-4, 0.1)
+    for bad in (["sft.lr=1,2"], ["ppo.lr"]):
+        with pytest.raises(InputError, match="expected ppo.KEY=V1,V2"):
+            combinations(bad)
+    with pytest.raises(InputError, match="kl_coef"):
+        with_settings(load_config(None), ["ppo.kl_coef=-1"])

@@ -305,6 +305,9 @@ class PPOConfig:
                "ppo.compile_sampler", "needs ppo.sampler_cache=static (fixed shapes)")
         _check(self.score_batch_size >= 1, "ppo.score_batch_size", "must be >= 1")
         _check(self.snapshot_every >= 0, "ppo.snapshot_every", "must be >= 0")
+        _check(self.lr > 0, "ppo.lr", "must be > 0")
+        _check(self.kl_coef >= 0, "ppo.kl_coef", "must be >= 0 (0: no KL penalty)")
+        _check(self.ptx_coef >= 0, "ppo.ptx_coef", "must be >= 0 (0: PPO without ptx)")
         _check(self.sampler_draw in ("cdf", "multinomial"), "ppo.sampler_draw",
                "must be 'cdf' or 'multinomial'")
         _check(self.batch_size % self.mini_batch_size == 0, "ppo.batch_size",
@@ -514,9 +517,16 @@ class ReproduceConfig:
     big_base: str = ""
     """A base model at least 4x the pipeline's, pretrained by the same recipe, for "small
     PPO-ptx beats much larger SFT"; empty: that finding is not measured."""
+    choose: tuple[str, ...] = ()
+    """PPO settings to choose among before PPO runs, as a grid: ["ppo.lr=5.0e-5,2.0e-4",
+    "ppo.kl_coef=0.02,0.1"]; judged on validation prompts by the training labelers
+    (stages/choose.py). Empty: the recipe's settings as they are."""
+    choose_episodes: int = 0
+    """PPO episodes of each candidate while choosing; 0: ppo.episodes."""
 
     def validate(self) -> None:
         _check(self.overopt_kl_coef >= 0, "reproduce.overopt_kl_coef", "must be >= 0")
+        _check(self.choose_episodes >= 0, "reproduce.choose_episodes", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -631,6 +641,11 @@ def _apply(cfg: RunConfig, updates: dict[str, dict[str, Any]], source: str) -> R
             changes[key] = _coerce(value, hints[key], f"{name}.{key}", source)
         new_sections[name] = dataclasses.replace(section, **changes)
     return dataclasses.replace(cfg, **new_sections)
+
+
+def apply_overrides(cfg: RunConfig, pairs: list[str], source: str = "--set") -> RunConfig:
+    """`cfg` with ['section.key=value', ...] applied, validated."""
+    return _apply(cfg, parse_overrides(pairs), source).validate()
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:

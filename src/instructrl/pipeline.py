@@ -124,7 +124,10 @@ def base_model(cfg: RunConfig, run: RunDir, timer: Timer) -> Path:
     return base
 
 
-def run_pipeline(cfg: RunConfig, out: str | Path) -> dict:
+def run_pipeline(cfg: RunConfig, out: str | Path, *, until: str | None = None) -> dict:
+    """Every stage; `until="ppo"`: stop before the first PPO stage (after SFT selection),
+    returning {"stopped_before": "ppo"} (`instructrl reproduce` chooses PPO's settings
+    there, then calls this again to go on)."""
     from instructrl.stages import collect, ppo, reward, sft
 
     run = RunDir(out)
@@ -154,6 +157,8 @@ def run_pipeline(cfg: RunConfig, out: str | Path) -> dict:
             "rm" not in json.loads((sft_dir / "selection.json").read_text()):
         timer.run("sft select", False, sft.select, cfg, run, run.stage("rm"), main_only=True)
     rm_dir = run.stage("rm")
+    if until == "ppo":
+        return {"stopped_before": "ppo", "timings": timer.summary()}
     finals = {"sft": str(sft_dir)}
     for name, coef in (("ppo-ptx", cfg.ppo.ptx_coef), ("ppo", 0.0)):
         timer.run(name, run.is_done(name), ppo.train, cfg, run, init=sft_dir, ref=sft_dir,

@@ -6,7 +6,10 @@ The plan, one run directory, each step skipped when its output is there and each
 stage resumable from its own checkpoint (so a killed reproduce continues where it stopped):
 
   pipeline        data (one category and one style held out of training: the "ood" split),
-                  SFT, collect, RM, PPO-ptx and PPO (policy snapshots along the way)
+                  SFT, collect, RM, then
+  choose          PPO's settings among reproduce.choose, on validation prompts judged by the
+                  training labelers (stages/choose.py), when the recipe asks, then
+  pipeline        PPO-ptx and PPO with them (policy snapshots along the way)
   ppo-nokl        PPO from SFT with the KL penalty off (reproduce.overopt_kl_coef)
   sft-public      SFT on the corpus's public NLP tasks in instruction form (FLAN / T0)
   sft-big         SFT on a base model 4x larger (reproduce.big_base), when one is named
@@ -89,7 +92,7 @@ def reproduce(cfg: RunConfig, out: str | Path) -> dict:
     from instructrl.rundir import write_run_config
     from instructrl.sandbox.public_demos import train_public
     from instructrl.modeling import resolve_model_path
-    from instructrl.stages import ppo, sft
+    from instructrl.stages import choose, ppo, sft
 
     check_recipe(cfg)
     cfg = with_snapshots(cfg)
@@ -98,12 +101,19 @@ def reproduce(cfg: RunConfig, out: str | Path) -> dict:
     write_run_config(run, cfg, "reproduce")
     steps = Steps(run)
     t0 = time.time()
-    summary = steps.run("pipeline", (run.root / "pipeline.json").exists(), run_pipeline,
-                        cfg, run.root)
+    finished = (run.root / "pipeline.json").exists()
+    steps.run("pipeline to the RM", finished, run_pipeline, cfg, run.root, until="ppo")
+    if cfg.reproduce.choose:
+        path = run.root / "choose" / "choice.json"
+        steps.run("choose PPO settings", path.exists(), choose.choose, cfg, run,
+                  cfg.reproduce.choose, episodes=cfg.reproduce.choose_episodes)
+        best = json.loads(path.read_text())["best"]
+        print(f"[reproduce] PPO settings chosen on validation prompts by the training "
+              f"labelers: {' '.join(best)}", flush=True)
+        cfg = choose.with_settings(cfg, best)
+        write_run_config(run, cfg, "reproduce")
+    steps.run("pipeline", finished, run_pipeline, cfg, run.root)
     summary = json.loads((run.root / "pipeline.json").read_text())
-    if "waiting_for" in summary:
-        raise InputError("the pipeline waits for people's rankings; reproduce runs on the "
-                         "sandbox's labelers only", path=str(run.root / "pipeline.json"))
     sft_dir, first_rm = run.stage("sft"), run.stage("rm")
     nokl = dataclasses.replace(cfg, ppo=dataclasses.replace(
         cfg.ppo, kl_coef=cfg.reproduce.overopt_kl_coef, adaptive_kl=False))

@@ -83,7 +83,13 @@ class Sandbox:
         """A held-out labeler (assigned per prompt) compares `a` with `b`: win rates and
         Likert scores for evaluation (paper section 4.1). Held-out labelers never label
         training data."""
-        lab = assign(self.heldout_labelers, ("judge", prompt.id, salt), self.cfg.seed)
+        return self.judge(prompt, a, b, salt=salt, pool=self.heldout_labelers)
+
+    def judge(self, prompt: Prompt, a: str, b: str, *, salt: str = "", pool=None) -> Judgment:
+        """A labeler of `pool` (default: the held-out labelers), assigned per prompt,
+        compares `a` with `b`. The training labelers are the pool for choosing a recipe's
+        settings (bench/choose_ppo.py), so the held-out ones judge only the final models."""
+        lab = assign(pool or self.heldout_labelers, ("judge", prompt.id, salt), self.cfg.seed)
         r = lab.rank(prompt, [Response(a, "a"), Response(b, "b")], salt=salt)
         if r.skipped is not None:
             la, fa = lab.rate(prompt, a, salt=salt)
