@@ -162,3 +162,25 @@ def test_load_sources_reads_the_run_files_and_the_tables_render(tmp_path):
     md = F.markdown(rows)
     assert md.count("\n") == len(rows) + 1 and "| 69.6 % vs 72.6 % agreement |" in md
     assert "RM 65.7 % on held-out labelers" in F.terminal(rows)
+
+
+def test_seeds_pool_outcomes_and_average_the_rest():
+    from instructrl.evaluate.stats import win_figure
+
+    a, b = sources(), sources()
+    a["results"]["preference"]["sandbox-labelers"]["policies"]["ppo-ptx"] = {
+        "win_rate": win_figure([1.0] * 6 + [0.5] * 2 + [0.0] * 2)}
+    b["results"]["preference"]["sandbox-labelers"]["policies"]["ppo-ptx"] = {
+        "win_rate": win_figure([1.0] * 2 + [0.0] * 8)}
+    b["rm_generalisation"]["gap_points"] = 6.7
+    del b["overoptimisation"]  # one seed without it: not pooled, so not measured
+    pooled = F.pool([a, b])
+    w = pooled["results"]["preference"]["sandbox-labelers"]["policies"]["ppo-ptx"]["win_rate"]
+    assert w == win_figure([1.0] * 8 + [0.5] * 2 + [0.0] * 10)
+    assert pooled["rm_generalisation"]["gap_points"] == pytest.approx(5.7)
+    rows = by_id(F.findings(pooled))
+    assert rows["labelers_prefer_ppo_ptx"]["value"] == pytest.approx(0.45)
+    assert rows["rm_generalises"]["reproduced"] is False
+    assert rows["over_optimisation"]["reproduced"] is None
+    one = F.pool([a])  # one seed: the same figures
+    assert by_id(F.findings(one))["labelers_prefer_ppo_ptx"]["value"] == pytest.approx(0.7)

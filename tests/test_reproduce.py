@@ -79,7 +79,9 @@ def test_reproduce_measures_every_row_and_resumes_after_a_kill(recipe):
     for row in rows.values():
         assert row["measured"] in md and row["paper"] in md
     assert "wall time" in p.stdout and "peak memory" in p.stdout
-    assert report["wall_seconds"]["total"] >= report["wall_seconds"]["pipeline"] > 0
+    steps = report["wall_seconds"]["steps"]
+    assert report["wall_seconds"]["total"] >= steps["pipeline to the RM"] > 0
+    assert {"choose PPO settings", "pipeline", "ppo-nokl", "eval", "rm agreement"} <= set(steps)
     # the steps' files the rows were read from
     results = json.loads((out / "eval" / "results.json").read_text())
     assert {"base", "sft", "ppo-ptx", "ppo", "sft-public", "sft-big"} <= set(results["policies"])
@@ -129,3 +131,27 @@ def test_choose_grid_combinations_names_and_errors():
             combinations(bad)
     with pytest.raises(InputError, match="kl_coef"):
         with_settings(load_config(None), ["ppo.kl_coef=-1"])
+
+
+def test_seeds_run_the_plan_per_seed_and_pool_one_table(recipe):
+    lean = recipe.parent / "lean.yaml"  # the plan's other steps are covered above
+    lean.write_text(recipe.read_text().split("reproduce:")[0]
+                    + "reproduce: {public_sft: false}\n")
+    out = recipe.parent / "seeds"
+    p = subprocess.run(reproduce_cmd(out, lean) + ["--seeds", "2"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, env=ENV, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:]
+    for k in (0, 1):
+        cfg = load_config(out / f"seed-{k}" / "config.yaml")
+        assert (cfg.data.seed, cfg.ppo.seed, cfg.eval.seed) == (k, k, k)
+        assert (out / f"seed-{k}" / "eval" / "results.json").exists()
+    report = json.loads((out / "reproduce.json").read_text())
+    assert report["seeds"] == 2 and len(report["wall_seconds"]["steps"]) == 2
+    rows = {r["id"]: r for r in report["rows"]}
+    # PPO-ptx's win rate pools both seeds' outcomes
+    n = [json.loads((out / f"seed-{k}" / "eval" / "results.json").read_text())["preference"]
+         ["sandbox-labelers"]["policies"]["ppo-ptx"]["win_rate"]["n"] for k in (0, 1)]
+    assert f"(n = {sum(n)})" in rows["labelers_prefer_ppo_ptx"]["measured"]
+    assert rows["public_sft_loses"]["measured"] == \
+        "not measured: reproduce.public_sft is false"
+    assert "2 seeds pooled" in (out / "reproduce.md").read_text()

@@ -1,6 +1,6 @@
 """`instructrl reproduce`: InstructGPT's findings, measured in the sandbox, next to the paper's.
 
-    instructrl reproduce [--out runs/reproduce] [--recipe recipes/reproduce.yaml]
+    instructrl reproduce [--out runs/reproduce] [--recipe recipes/reproduce.yaml] [--seeds N]
 
 The plan, one run directory, each step skipped when its output is there and each training
 stage resumable from its own checkpoint (so a killed reproduce continues where it stopped):
@@ -21,7 +21,8 @@ stage resumable from its own checkpoint (so a killed reproduce continues where i
   findings        RUN/reproduce.md, RUN/reproduce.json and the table on the terminal
 
 The table's figures are read from those steps' results files (`evaluate.findings`), never
-written here. Wall time and peak memory of the command are printed and recorded; time spent
+written here. With `--seeds N` the plan runs once per seed in OUT/seed-K and the table pools
+them (win rates outcome by outcome, other figures averaged). Wall time and peak memory of the command are printed and recorded; time spent
 by earlier, interrupted invocations is counted from RUN/reproduce/steps.json.
 """
 
@@ -45,6 +46,7 @@ NOKL = "ppo-nokl"
 PUBLIC = "sft-public"
 BIG = "sft-big"
 SNAPSHOTS = 8  # points along PPO for the over-optimisation curve when the recipe sets none
+SEEDED = ("data", "sft", "collect", "rm", "ppo", "eval")  # what --seeds varies
 
 
 class Steps:
@@ -85,7 +87,9 @@ def check_recipe(cfg: RunConfig) -> None:
                          "`instructrl eval`", field="sources")
 
 
-def reproduce(cfg: RunConfig, out: str | Path) -> dict:
+def measure(cfg: RunConfig, out: Path) -> tuple[dict, dict, Steps]:
+    """Every step of the plan in run directory `out`: (the findings' sources, the rows not
+    measured and why, the steps' wall times)."""
     from instructrl.evaluate import agreement, findings, overoptimisation
     from instructrl.evaluate.suite import evaluate_run
     from instructrl.pipeline import run_pipeline
@@ -94,13 +98,11 @@ def reproduce(cfg: RunConfig, out: str | Path) -> dict:
     from instructrl.modeling import resolve_model_path
     from instructrl.stages import choose, ppo, sft
 
-    check_recipe(cfg)
     cfg = with_snapshots(cfg)
     run = RunDir(out)
     run.root.mkdir(parents=True, exist_ok=True)
     write_run_config(run, cfg, "reproduce")
     steps = Steps(run)
-    t0 = time.time()
     finished = (run.root / "pipeline.json").exists()
     steps.run("pipeline to the RM", finished, run_pipeline, cfg, run.root, until="ppo")
     if cfg.reproduce.choose:
@@ -152,21 +154,46 @@ def reproduce(cfg: RunConfig, out: str | Path) -> dict:
         atomic_write_text(gen_path, json.dumps(g, indent=1) + "\n")
 
     steps.run("rm agreement", gen_path.exists(), _agreement)
-    rows = findings.findings(findings.load_sources(run, beta0_stage=NOKL), skip)
+    return findings.load_sources(run, beta0_stage=NOKL), skip, steps
+
+
+def reproduce(cfg: RunConfig, out: str | Path, seeds: int = 1) -> dict:
+    """The plan once in `out`, or with `seeds` > 1 once per seed in OUT/seed-K (the seed of
+    data splits, SFT, collection, RM, PPO and evaluation; the world stays the shipped base
+    model's), and one table from all of them (`findings.pool`)."""
+    from instructrl.config import apply_overrides
+    from instructrl.evaluate import findings
+
+    check_recipe(cfg)
+    out = Path(out)
+    t0 = time.time()
+    runs = [(cfg, out)] if seeds == 1 else [
+        (apply_overrides(cfg, [f"{sec}.seed={k}" for sec in SEEDED], f"seed {k}"),
+         out / f"seed-{k}") for k in range(seeds)]
+    measured = []
+    for k, (c, root) in enumerate(runs):
+        if seeds > 1:
+            print(f"[reproduce] seed {k} of {seeds}: {root}", flush=True)
+        measured.append(measure(c, root))
+    skip = {rid: why for _, sk, _ in measured for rid, why in sk.items()}
+    rows = findings.findings(findings.pool([src for src, _, _ in measured]), skip)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    total = sum(steps.seconds.values())
-    report = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows,
+    per_seed = [steps.seconds for _, _, steps in measured]
+    total = sum(sum(x.values()) for x in per_seed)
+    report = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": seeds, "rows": rows,
               "wall_seconds": {"total": total, "this_invocation": time.time() - t0,
-                               **steps.seconds},
+                               "steps": per_seed if seeds > 1 else per_seed[0]},
               "peak_rss_gib_this_invocation": peak, "skipped": skip}
-    atomic_write_text(run.root / "reproduce.json", json.dumps(report, indent=1) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "reproduce.json", json.dumps(report, indent=1) + "\n")
+    pooled = f", {seeds} seeds pooled" if seeds > 1 else ""
     md = (f"# InstructGPT's findings in the sandbox\n\n{findings.markdown(rows)}\n\n"
-          f"Wall time {total / 60:.1f} min in all; peak memory {peak:.2f} GiB "
+          f"Wall time {total / 60:.1f} min in all{pooled}; peak memory {peak:.2f} GiB "
           f"(this invocation).\n")
-    atomic_write_text(run.root / "reproduce.md", md)
+    atomic_write_text(out / "reproduce.md", md)
     print()
     print(findings.terminal(rows))
-    print(f"\nreproduce: {run.root / 'reproduce.md'}; wall time {total / 60:.1f} min "
+    print(f"\nreproduce: {out / 'reproduce.md'}; wall time {total / 60:.1f} min "
           f"(this invocation {(time.time() - t0) / 60:.1f}), peak memory {peak:.2f} GiB")
     return report
 
@@ -195,13 +222,20 @@ def _trajectory_done(run: RunDir, stage: str, path: Path) -> bool:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, out_required=False)
     p.set_defaults(out="runs/reproduce")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="run the plan once per seed in OUT/seed-K and pool the table "
+                        "(default 1: once, in OUT)")
 
 
 def run(args: argparse.Namespace) -> int:
     # A rerun of a run directory keeps the settings it started with (RUN/config.yaml).
-    own = Path(args.out) / "config.yaml"
-    recipe = args.recipe or (own if own.exists() else DEFAULT_RECIPE)
+    # (with --seeds, the first seed's: each seed's own seed and choice are applied again)
+    own = [p for p in (Path(args.out) / "config.yaml", Path(args.out) / "seed-0" / "config.yaml")
+           if p.exists()]
+    recipe = args.recipe or (own[0] if own else DEFAULT_RECIPE)
     print(f"reproduce: settings from {recipe}", flush=True)
     cfg = load_config(recipe, args.overrides)
-    reproduce(cfg, args.out)
+    if args.seeds < 1:
+        raise InputError("must be >= 1", field="--seeds")
+    reproduce(cfg, args.out, args.seeds)
     return 0

@@ -265,6 +265,29 @@ def load_sources(run: RunDir, *, beta0_stage: str = "ppo-nokl",
     return src
 
 
+def pool(sources: list[dict]):
+    """One source from several seeds' (`load_sources` of each), for one table: win figures
+    (with their win / tie / loss counts) pooled outcome by outcome with one CI; other numbers
+    averaged; lists (trajectory points) pooled item by item; anything present in some seeds
+    only is left out (a row that needs it is then not measured)."""
+    from instructrl.evaluate.stats import win_figure
+
+    first = sources[0]
+    if all(isinstance(x, dict) for x in sources):
+        if {"wins", "ties", "losses"} <= first.keys():
+            outcomes = [o for x in sources for o in
+                        [1.0] * x["wins"] + [0.5] * x["ties"] + [0.0] * x["losses"]]
+            return win_figure(outcomes)
+        keys = [k for k in first if all(k in x for x in sources)]
+        return {k: pool([x[k] for x in sources]) for k in keys}
+    if all(isinstance(x, list) for x in sources):
+        n = min(len(x) for x in sources)
+        return [pool([x[i] for x in sources]) for i in range(n)]
+    if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in sources):
+        return sum(sources) / len(sources)
+    return first
+
+
 def findings(src: dict, skip: dict[str, str] | None = None) -> list[dict]:
     """One row per finding: the paper's figure next to the sandbox's, from `src`
     (`load_sources`). `skip`: {finding id: why} for rows the plan did not measure."""
