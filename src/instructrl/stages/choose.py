@@ -74,10 +74,9 @@ def choose(cfg: RunConfig, run: RunDir, grid, *, episodes: int = 0, samples: int
     baseline = draw(sft_dir, "sft")
     rows = []
     for combo in tqdm(combinations(grid), desc="choose", unit="setting"):
-        ccfg = with_settings(cfg, combo)
-        if episodes:
-            ccfg = dataclasses.replace(ccfg, ppo=dataclasses.replace(ccfg.ppo,
-                                                                     episodes=episodes))
+        ccfg = with_settings(cfg, combo)  # (no snapshots: only the final policy is judged)
+        ccfg = dataclasses.replace(ccfg, ppo=dataclasses.replace(
+            ccfg.ppo, episodes=episodes or ccfg.ppo.episodes, snapshot_every=0))
         name = stage_name(combo)
         if not run.is_done(name):
             ppo.train(ccfg, run, init=sft_dir, ref=sft_dir, rm=rm_dir, value=rm_dir,
