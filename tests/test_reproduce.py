@@ -11,6 +11,7 @@ tested is that every row is measured from the files the steps wrote.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import signal
@@ -79,6 +80,9 @@ def test_reproduce_measures_every_row_and_resumes_after_a_kill(recipe):
     for row in rows.values():
         assert row["measured"] in md and row["paper"] in md
     assert "wall time" in p.stdout and "peak memory" in p.stdout
+    page = (out / "reproduce.html").read_text()
+    assert "data-plot='overoptimisation'" in page and "data-plot='findings_win_rates'" in page
+    assert all(html.escape(r["measured"]) in page for r in rows.values())
     steps = report["wall_seconds"]["steps"]
     assert report["wall_seconds"]["total"] >= steps["pipeline to the RM"] > 0
     assert {"choose PPO settings", "pipeline", "ppo-nokl", "eval", "rm agreement"} <= set(steps)

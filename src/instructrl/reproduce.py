@@ -18,7 +18,8 @@ stage resumable from its own checkpoint (so a killed reproduce continues where i
                   PPO-ptx judged against the larger SFT as well
   over-opt.       RM score and held-out-labeler win rate along PPO, beta = 0 and default
   rm agreement    the RM on held-out labelers next to inter-labeler agreement
-  findings        RUN/reproduce.md, RUN/reproduce.json and the table on the terminal
+  findings        RUN/reproduce.md, RUN/reproduce.json, RUN/reproduce.html (the table with
+                  its plots) and the table on the terminal
 
 The table's figures are read from those steps' results files (`evaluate.findings`), never
 written here. With `--seeds N` the plan runs once per seed in OUT/seed-K and the table pools
@@ -163,6 +164,7 @@ def reproduce(cfg: RunConfig, out: str | Path, seeds: int = 1) -> dict:
     model's), and one table from all of them (`findings.pool`)."""
     from instructrl.config import apply_overrides
     from instructrl.evaluate import findings
+    from instructrl.evaluate.reproduce_report import write_page
 
     check_recipe(cfg)
     out = Path(out)
@@ -176,7 +178,8 @@ def reproduce(cfg: RunConfig, out: str | Path, seeds: int = 1) -> dict:
             print(f"[reproduce] seed {k} of {seeds}: {root}", flush=True)
         measured.append(measure(c, root))
     skip = {rid: why for _, sk, _ in measured for rid, why in sk.items()}
-    rows = findings.findings(findings.pool([src for src, _, _ in measured]), skip)
+    src = findings.pool([src for src, _, _ in measured])
+    rows = findings.findings(src, skip)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     per_seed = [steps.seconds for _, _, steps in measured]
     total = sum(sum(x.values()) for x in per_seed)
@@ -191,9 +194,10 @@ def reproduce(cfg: RunConfig, out: str | Path, seeds: int = 1) -> dict:
           f"Wall time {total / 60:.1f} min in all{pooled}; peak memory {peak:.2f} GiB "
           f"(this invocation).\n")
     atomic_write_text(out / "reproduce.md", md)
+    page = write_page(out, rows, src, md.strip().splitlines()[-1])
     print()
     print(findings.terminal(rows))
-    print(f"\nreproduce: {out / 'reproduce.md'}; wall time {total / 60:.1f} min "
+    print(f"\nreproduce: {out / 'reproduce.md'}, {page}; wall time {total / 60:.1f} min "
           f"(this invocation {(time.time() - t0) / 60:.1f}), peak memory {peak:.2f} GiB")
     return report
 

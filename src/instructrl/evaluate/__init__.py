@@ -9,5 +9,8 @@ section 6), each figure naming its judge:
 - section 4.2: `truthfulqa`, `toxicity` (RealToxicityPrompts, pluggable scorers), `bias`
   (CrowS-Pairs, Winogender), `lm_tax` (lm-eval tasks, held-out LM loss: the alignment tax);
 - `lm` (shared-prefix likelihoods and generation), `data` (local files or hub ids),
-  `judges`, `stats`, `report` (self-contained HTML with plots).
+  `judges`, `stats`, `report` (self-contained HTML with plots);
+- `instructrl reproduce`'s (sandbox runs): `agreement` (the RM on held-out labelers next to
+  inter-labeler agreement), `overoptimisation` (RM score and win rate along PPO),
+  `findings` (the paper's findings next to the sandbox's, from the results files).
 """
