@@ -131,7 +131,7 @@ def test_demo_summary_has_the_rm_line_after_the_tables_and_ends_with_reproduce(t
     rm_line = next(i for i, s in enumerate(lines) if s.startswith("reward model rm-r1: 55.1 %"))
     assert rm_line > 1 and "gap 15.1 points" in lines[rm_line]
     assert lines[-1] == REPRODUCE == ("The paper's findings at the budget they need: "
-                                      "instructrl reproduce (about 90 minutes on 2 cores)")
+                                      "instructrl reproduce (about an hour on 2 cores)")
     why = demo_summary("t", "no reward model", "demo: ...").splitlines()
     assert "not measured (no reward model)" in why[-3] and why[-1] == REPRODUCE
     # The demo measures the RM pipeline.json names (the last round's), and the report's

@@ -19,7 +19,7 @@ from instructrl.config import load_config
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "sandbox.yaml"
 REPRODUCE = ("The paper's findings at the budget they need: instructrl reproduce "
-             "(about 90 minutes on 2 cores)")
+             "(about an hour on 2 cores)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

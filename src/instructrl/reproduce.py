@@ -181,18 +181,19 @@ def reproduce(cfg: RunConfig, out: str | Path, seeds: int = 1) -> dict:
     src = findings.pool([src for src, _, _ in measured])
     rows = findings.findings(src, skip)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    if (out / "reproduce.json").exists():  # the largest of every invocation's
+        peak = max(peak, json.loads((out / "reproduce.json").read_text()).get("peak_rss_gib", 0))
     per_seed = [steps.seconds for _, _, steps in measured]
     total = sum(sum(x.values()) for x in per_seed)
     report = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": seeds, "rows": rows,
               "wall_seconds": {"total": total, "this_invocation": time.time() - t0,
                                "steps": per_seed if seeds > 1 else per_seed[0]},
-              "peak_rss_gib_this_invocation": peak, "skipped": skip}
+              "peak_rss_gib": peak, "skipped": skip}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "reproduce.json", json.dumps(report, indent=1) + "\n")
     pooled = f", {seeds} seeds pooled" if seeds > 1 else ""
     md = (f"# InstructGPT's findings in the sandbox\n\n{findings.markdown(rows)}\n\n"
-          f"Wall time {total / 60:.1f} min in all{pooled}; peak memory {peak:.2f} GiB "
-          f"(this invocation).\n")
+          f"Wall time {total / 60:.1f} min in all{pooled}; peak memory {peak:.2f} GiB.\n")
     atomic_write_text(out / "reproduce.md", md)
     page = write_page(out, rows, src, md.strip().splitlines()[-1])
     print()

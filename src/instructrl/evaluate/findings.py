@@ -197,7 +197,7 @@ def _over_optimisation(src: dict) -> dict:
             and w(end0)["high"] < w(peak0)["mean"])
     ok = fell and w(end1)["mean"] >= w(end0)["mean"]
     text = (f"beta = 0: RM score {peak0['eval_rm_score']:.2f} -> {end0['eval_rm_score']:.2f}, "
-            f"win rate peak {w(peak0)['mean']:.3f} (iteration {peak0['iteration']}) -> "
+            f"win rate peak {w(peak0)['mean']:.3f} (iteration {int(peak0['iteration'])}) -> "
             f"{_ci(w(end0))} at the end; beta = {kl['kl_coef']:g}: {_ci(w(end1))}")
     return _row(text, ok, w(end0)["mean"])
 
@@ -273,6 +273,8 @@ def pool(sources: list[dict]):
     from instructrl.evaluate.stats import win_figure
 
     first = sources[0]
+    if len(sources) == 1:
+        return first
     if all(isinstance(x, dict) for x in sources):
         if {"wins", "ties", "losses"} <= first.keys():
             outcomes = [o for x in sources for o in
