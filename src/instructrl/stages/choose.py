@@ -6,7 +6,8 @@ given, to keep the search cheap), trained from RUN/sft against RUN/rm into
 RUN/choose-<settings>; its samples on the run's VALIDATION prompts judged against SFT's by
 the sandbox's TRAINING labelers. The test prompts and the held-out labelers, who judge
 `instructrl reproduce`'s findings, take no part, so no setting is tuned to them. The best by
-win rate is kept in RUN/choose/choice.json with every candidate's figures. A candidate
+win rate (on an exact tie, the first in the grid's order) is kept in RUN/choose/choice.json
+with every candidate's figures. A candidate
 already trained is not trained again, and a killed candidate resumes from its checkpoint,
 like any PPO stage. Sandbox runs only (its labelers judge).
 """
