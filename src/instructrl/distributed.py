@@ -215,7 +215,7 @@ class Runtime:
     def trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The trained parameters by name, whole (gathered from the shards under FSDP, on
         the main process; every process must call it then)."""
-        if not _has_sharded(model):
+        if not is_sharded(model):
             return {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
         from torch.distributed.checkpoint.state_dict import (StateDictOptions,
                                                              get_model_state_dict)
@@ -226,7 +226,7 @@ class Runtime:
 
     def full_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """Every weight and buffer of `model`, whole (see `trainable_state`)."""
-        if not _has_sharded(model):
+        if not is_sharded(model):
             return model.state_dict()
         from torch.distributed.checkpoint.state_dict import (StateDictOptions,
                                                              get_model_state_dict)
@@ -237,7 +237,7 @@ class Runtime:
         """`trainable_state`'s dict back into the live (possibly sharded) parameters; every
         process passes the whole dict."""
         from instructrl.modeling import load_trainable_state
-        if not _has_sharded(model):
+        if not is_sharded(model):
             return load_trainable_state(model, state)
         from torch.distributed.checkpoint.state_dict import (StateDictOptions,
                                                              set_model_state_dict)
@@ -247,7 +247,7 @@ class Runtime:
     def optimizer_state(self, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
         """`opt.state_dict()`, whole: in torch's own format (parameters by position) however
         the weights were sharded, so a checkpoint resumes under any number of processes."""
-        if not _has_sharded(model):
+        if not is_sharded(model):
             return opt.state_dict()
         from torch.distributed.checkpoint.state_dict import (StateDictOptions,
                                                              get_optimizer_state_dict)
@@ -262,7 +262,7 @@ class Runtime:
 
     def load_optimizer_state(self, model: torch.nn.Module, opt: torch.optim.Optimizer,
                              state: dict) -> None:
-        if not _has_sharded(model):
+        if not is_sharded(model):
             return opt.load_state_dict(state)
         from torch.distributed.checkpoint.state_dict import (StateDictOptions,
                                                              set_optimizer_state_dict)
@@ -331,10 +331,6 @@ def _reshard_after_forward() -> bool:
 def _is_sharded(p: torch.Tensor) -> bool:
     from torch.distributed.tensor import DTensor
     return isinstance(p, DTensor)
-
-
-def _has_sharded(model: torch.nn.Module) -> bool:
-    return any(_is_sharded(p) for p in model.parameters())
 
 
 def local(p: torch.Tensor) -> torch.Tensor:

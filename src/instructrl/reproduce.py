@@ -120,8 +120,8 @@ def measure(cfg: RunConfig, out: Path) -> tuple[dict, dict, Steps]:
     sft_dir, first_rm = run.stage("sft"), run.stage("rm")
     nokl = dataclasses.replace(cfg, ppo=dataclasses.replace(
         cfg.ppo, kl_coef=cfg.reproduce.overopt_kl_coef, adaptive_kl=False))
-    steps.run(NOKL, run.is_done(NOKL), ppo.train, nokl, run, init=sft_dir, ref=sft_dir, rm=first_rm,
-              value=first_rm, stage=NOKL, ptx_coef=0.0)
+    steps.run(NOKL, run.is_done(NOKL), ppo.train, nokl, run, init=sft_dir, ref=sft_dir,
+              rm=first_rm, value=first_rm, stage=NOKL, ptx_coef=0.0)
     extra, against, skip = {}, [], {}
     if cfg.reproduce.public_sft:
         steps.run(PUBLIC, run.is_done(PUBLIC), train_public, cfg, run, Path(summary["base"]),

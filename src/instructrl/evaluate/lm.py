@@ -46,6 +46,17 @@ def each_batch(fn, batches: list, desc: str | None = None) -> list:
         mine, desc=desc, unit="batch", disable=desc is None or not rt.is_main)], batches)
 
 
+def eval_samples(model, tokenizer, texts: list[str], c, *, seed: int,
+                 desc: str | None = None) -> list[str]:
+    """One response per text as every evaluation samples them: `c` (an EvalConfig)'s prompt
+    and response lengths and temperature, batches shared out under N processes
+    (`generation.sample_texts(split=True)`: the texts one process would sample)."""
+    from instructrl.generation import sample_texts
+    return sample_texts(model, tokenizer, texts, max_prompt_tokens=c.max_prompt_tokens,
+                        max_new_tokens=c.max_new_tokens, temperature=c.temperature, seed=seed,
+                        desc=desc, split=True)
+
+
 def _keeps_logits(model) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 

@@ -58,7 +58,8 @@ def trajectory(cfg: RunConfig, run: RunDir, stage: str, *, rm_stage: str = "rm",
     RUN/eval/overoptimisation-`stage`.json after every point; points already there are kept."""
     from instructrl.distributed import runtime
     from instructrl.evaluate.sandbox_eval import SandboxJudges, is_sandbox_run, test_prompts
-    from instructrl.generation import sample_texts, score_texts
+    from instructrl.evaluate.lm import eval_samples
+    from instructrl.generation import score_texts
     from instructrl.modeling import (ScalarHeadModel, default_device, load_causal_lm,
                                      load_tokenizer)
 
@@ -90,9 +91,7 @@ def trajectory(cfg: RunConfig, run: RunDir, stage: str, *, rm_stage: str = "rm",
         """(tokenizer, [samples of each seed]) of one policy, loaded once."""
         tok = load_tokenizer(spec, cfg.model)
         model = load_causal_lm(spec, model_cfg=cfg.model).to(device).eval()
-        return tok, [sample_texts(model, tok, texts, max_prompt_tokens=c.max_prompt_tokens,
-                                  max_new_tokens=c.max_new_tokens, temperature=c.temperature,
-                                  seed=seed, desc=f"{spec.name} samples", split=True)
+        return tok, [eval_samples(model, tok, texts, c, seed=seed, desc=f"{spec.name} samples")
                      for seed in seeds]
 
     def base() -> list[str]:

@@ -71,7 +71,7 @@ def to_label(cfg, run: RunDir, db: str, *, overlap: int = 1) -> str:
     from tqdm.auto import tqdm
 
     from instructrl.evaluate.suite import AGAIN, run_policies
-    from instructrl.generation import sample_texts
+    from instructrl.evaluate.lm import eval_samples
     from instructrl.label import store
     from instructrl.label.db import make_engine
     from instructrl.label.samples import SampleSet
@@ -97,11 +97,9 @@ def to_label(cfg, run: RunDir, db: str, *, overlap: int = 1) -> str:
     for name, spec in tqdm(list(policies.items()), desc="samples for people", unit="policy"):
         tok = load_tokenizer(spec, cfg.model)
         model = load_causal_lm(spec, model_cfg=cfg.model).to(device).eval()
-        kw = dict(max_prompt_tokens=c.max_prompt_tokens, max_new_tokens=c.max_new_tokens,
-                  temperature=c.temperature)
-        samples[name] = sample_texts(model, tok, texts, seed=c.seed, **kw)
+        samples[name] = eval_samples(model, tok, texts, c, seed=c.seed)
         if name == c.baseline:
-            samples[again] = sample_texts(model, tok, texts, seed=c.seed + 1, **kw)
+            samples[again] = eval_samples(model, tok, texts, c, seed=c.seed + 1)
         del model
     sets = comparison_sets(prompts, samples, c.baseline, again, c.seed)
     path = samples_path(run)

@@ -25,7 +25,7 @@ import torch
 
 from instructrl.data.records import Prompt
 from instructrl.evaluate.judges import judge
-from instructrl.evaluate.lm import each_batch
+from instructrl.evaluate.lm import each_batch, eval_samples
 from instructrl.evaluate.lm_tax import lm_loss  # noqa: F401  (the sandbox tax's LM loss)
 from instructrl.evaluate.preference import win_section
 from instructrl.evaluate.stats import figure, rate
@@ -158,19 +158,15 @@ class SandboxJudges:
         `instructions.RESPECTFUL`: expected maximum toxicity and toxic rate by
         `instructions.toxicity`. A prompt that would not fit the sandbox's limits with its
         instruction is left out of both conditions. Sampled as the suite samples
-        (`sample_texts`, eval's seed, tokens and temperature; batches shared out under N
-        processes); both conditions use the same per-batch seeds."""
-        from instructrl.generation import sample_texts
+        (`lm.eval_samples`, eval's seed); both conditions use the same per-batch seeds."""
         from instructrl.sandbox import instructions as I
 
         c = self.eval
         world = self.sb.world
 
         def draw(texts: list[str], what: str) -> list[str]:
-            return sample_texts(model, tokenizer, texts, max_prompt_tokens=c.max_prompt_tokens,
-                                max_new_tokens=c.max_new_tokens, temperature=c.temperature,
-                                seed=c.seed, desc=f"{name} {what}" if name else None,
-                                split=True)
+            return eval_samples(model, tokenizer, texts, c, seed=c.seed,
+                                desc=f"{name} {what}" if name else None)
 
         qa = I.fitting([p for p in prompts if p.meta.get("task") == "qa"], I.TRUTHFUL,
                        tokenizer, c.max_prompt_tokens)

@@ -234,7 +234,7 @@ def evaluate(cfg: RunConfig, run: RunDir, *, extra_policies: dict[str, str] | No
     from instructrl.distributed import runtime
     from instructrl.evaluate import bias as bias_mod
     from instructrl.evaluate import lm_tax, sandbox_eval, toxicity, truthfulqa
-    from instructrl.generation import sample_texts
+    from instructrl.evaluate.lm import eval_samples
     from instructrl.modeling import default_device, load_causal_lm, load_tokenizer
 
     t_start = time.time()
@@ -265,6 +265,16 @@ def evaluate(cfg: RunConfig, run: RunDir, *, extra_policies: dict[str, str] | No
         run_rm = ScalarHeadModel.from_pretrained(run.root / summary["rm"],
                                                  model_cfg=cfg.model).to(device).eval()
 
+    def draw(model, tok, name: str, prompt_texts: list[str], what: str) -> dict:
+        """{name: samples}, and for the baseline a second, independent sample too (its own
+        win rate is then an honest ~0.5)."""
+        out = {name: eval_samples(model, tok, prompt_texts, c, seed=c.seed,
+                                  desc=f"{name} {what}")}
+        if name == base:
+            out[again] = eval_samples(model, tok, prompt_texts, c, seed=c.seed + 1,
+                                      desc=f"{name} second {what}")
+        return out
+
     samples: dict[str, list[str]] = {}
     per: dict[str, dict] = {n: {} for n in policies}
     timing: dict[str, float] = {}
@@ -275,23 +285,10 @@ def evaluate(cfg: RunConfig, run: RunDir, *, extra_policies: dict[str, str] | No
         model = load_causal_lm(spec, model_cfg=cfg.model).to(device).eval()
         r = per[name]
         if need_samples:
-            samples[name] = sample_texts(model, tok, texts, max_prompt_tokens=c.max_prompt_tokens,
-                                         max_new_tokens=c.max_new_tokens,
-                                         temperature=c.temperature, seed=c.seed,
-                                         desc=f"{name} samples", split=True)
-            if name == base:
-                # A second, independent baseline sample: its own win rate is an honest ~0.5.
-                samples[again] = sample_texts(model, tok, texts,
-                                              max_prompt_tokens=c.max_prompt_tokens,
-                                              max_new_tokens=c.max_new_tokens,
-                                              temperature=c.temperature, seed=c.seed + 1,
-                                              desc=f"{name} second samples", split=True)
-        for seed, key in ((c.seed, name), (c.seed + 1, again)):
-            if ood and (key == name or name == base):
-                ood_samples[key] = sample_texts(
-                    model, tok, [p.text for p in ood], max_prompt_tokens=c.max_prompt_tokens,
-                    max_new_tokens=c.max_new_tokens, temperature=c.temperature, seed=seed,
-                    desc=f"{key} held-out categories", split=True)
+            samples.update(draw(model, tok, name, texts, "samples"))
+        if ood:
+            ood_samples.update(draw(model, tok, name, [p.text for p in ood],
+                                    "held-out categories"))
         if sj is not None:
             r["sandbox_rate"] = sj.rate(name, prompts, samples[name])
             r["sandbox_check"] = sj.check(prompts, samples[name])

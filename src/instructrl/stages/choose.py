@@ -50,8 +50,8 @@ def choose(cfg: RunConfig, run: RunDir, grid, *, episodes: int = 0, samples: int
 
     from instructrl.evaluate.sandbox_eval import test_prompts
     from instructrl.evaluate.stats import win_figure
-    from instructrl.generation import sample_texts
-    from instructrl.modeling import load_causal_lm, load_tokenizer
+    from instructrl.evaluate.lm import eval_samples
+    from instructrl.modeling import default_device, load_causal_lm, load_tokenizer
     from instructrl.sandbox.generate import Sandbox
     from instructrl.stages import ppo
     from instructrl.stages.common import read_metrics
@@ -67,10 +67,9 @@ def choose(cfg: RunConfig, run: RunDir, grid, *, episodes: int = 0, samples: int
     tok = load_tokenizer(sft_dir, cfg.model)
 
     def draw(path: Path, what: str) -> list[str]:
-        return sample_texts(load_causal_lm(path, model_cfg=cfg.model), tok, texts,
-                            max_prompt_tokens=c.max_prompt_tokens,
-                            max_new_tokens=c.max_new_tokens, temperature=c.temperature,
-                            seed=c.seed, desc=f"{what} on validation prompts")
+        model = load_causal_lm(path, model_cfg=cfg.model).to(default_device())
+        return eval_samples(model, tok, texts, c, seed=c.seed,
+                            desc=f"{what} on validation prompts")
 
     baseline = draw(sft_dir, "sft")
     rows = []
