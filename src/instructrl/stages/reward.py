@@ -159,6 +159,16 @@ def split_rankings(run: RunDir, rankings: list[Ranking], path: str):
     return train, valid, held
 
 
+def build_model(cfg: RunConfig, init: Path) -> ScalarHeadModel:
+    """The RM to train: a scalar head on `init`'s transformer, every weight in float32, or
+    with LoRA an adapter on the backbone and the whole head."""
+    lora = lora_enabled(cfg.lora, "rm")
+    model = ScalarHeadModel.from_causal_lm(init, model_cfg=cfg.model, trained=not lora)
+    if lora:
+        model.with_lora(cfg.lora)
+    return model
+
+
 def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Path | None = None,
           stage: str = "rm") -> Path:
     c = cfg.rm
@@ -178,10 +188,7 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
         raise SystemExit(f"rm: no usable training rankings in {path} (training labelers on "
                          f"train-split prompts)")
     lora = lora_enabled(cfg.lora, "rm")
-    model = ScalarHeadModel.from_causal_lm(init, model_cfg=cfg.model, trained=not lora)
-    if lora:  # an adapter on the backbone, the whole scalar head
-        model.with_lora(cfg.lora)
-    model = prepare_for_training(model, cfg.model).to(device)
+    model = prepare_for_training(build_model(cfg, init), cfg.model).to(device)
     rt.broadcast_parameters(model)
     model = rt.wrap(model)
     steps_per_epoch = -(-len(train_el) // c.batch_size)
@@ -215,7 +222,7 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, rankings_path: str | Pa
         rt.barrier()
         return out
     if rt.fsdp:  # which it does on a plain copy: a sharded model's forward needs them all
-        model = ScalarHeadModel.from_causal_lm(init, model_cfg=cfg.model, trained=True)
+        model = build_model(cfg, init)
         model.load_state_dict(weights)
         model = model.to(device)
     # Bias: labeler demonstrations on training prompts score mean 0 (section 3.5).

@@ -206,7 +206,8 @@ def save_epoch(cfg: RunConfig, model, tokenizer, directory: Path, weights=None) 
     if lora_enabled(cfg.lora, "sft"):
         from instructrl.modeling import atomic_dir
         with atomic_dir(directory) as tmp:
-            model.save_pretrained(tmp)  # a peft model saves its adapter only
+            # a peft model saves its adapter only (taken from the gathered `weights`)
+            model.save_pretrained(tmp, state_dict=weights)
             tokenizer.save_pretrained(tmp)
     else:
         save_pretrained_atomic(model, tokenizer, directory, dtype=weights_dtype(cfg.model),
