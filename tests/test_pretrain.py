@@ -104,8 +104,30 @@ def test_batch_indices_cover_each_pass_once():
     assert not torch.equal(seen[:10], seen[10:])
 
 
-def test_shipped_base_model_is_loadable_and_knows_the_current_corpus():
-    """The base model in the package was trained on today's sandbox corpus; when the corpus
+def test_ship_in_half_precision_loads_as_float32(texts, tmp_path):
+    """`--ship-dtype float16` halves the bytes; the model loads in float32 like any other and
+    computes what the trained one does, to half precision's rounding of the weights."""
+    from instructrl.modeling import load_causal_lm
+    from instructrl.stages.pretrain import ship
+
+    out = tmp_path / "base"
+    main(TINY, out, texts, progress=False)
+    dest = ship(out, tmp_path / "shipped", provenance={"command": "x"}, dtype=torch.float16)
+    assert all(v.dtype == torch.float16 for v in weights(dest).values())
+    assert json.loads((dest / "config.json").read_text())["dtype"] == "float16"
+    assert (dest / "tokenizer.json").exists() and (dest / "provenance.json").exists()
+    trained, shipped = load_causal_lm(out).eval(), load_causal_lm(dest).eval()
+    assert next(shipped.parameters()).dtype == torch.float32
+    ids = torch.tensor([[1, 5, 9, 30, 2]])
+    with torch.no_grad():
+        a, b = trained(input_ids=ids).logits, shipped(input_ids=ids).logits
+    assert not torch.equal(a, b) and torch.allclose(a, b, atol=5e-3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "shipped"]  # no temp left
+
+
+@pytest.mark.parametrize("name", ["sandbox", "sandbox-large"])
+def test_shipped_base_model_is_loadable_and_knows_the_current_corpus(name):
+    """Each base model in the package was trained on today's sandbox corpus; when the corpus
     generator changes, this fails until it is retrained with the command in provenance.json."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -114,14 +136,14 @@ def test_shipped_base_model_is_loadable_and_knows_the_current_corpus():
     from instructrl.sandbox.world import World
     from instructrl.stages.pretrain import corpus_fingerprint
 
-    path = sandbox_base_model_path()
+    path = sandbox_base_model_path(name)
     prov = json.loads((path / "provenance.json").read_text())
     seed, n_docs = prov["sandbox"]["seed"], prov["sandbox"]["n_corpus_docs"]
     assert corpus_fingerprint(corpus(World(seed=seed), n_docs, seed=seed)) == \
         prov["corpus_fingerprint"], f"stale sandbox base model; retrain: {prov['command']}"
     assert prov["heldout_loss"] < 1.0
     tok = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     ids = tok(["the kund eats"], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         logits = model(input_ids=ids).logits

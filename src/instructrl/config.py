@@ -516,7 +516,8 @@ class ReproduceConfig:
     """Train an SFT model on the corpus's public NLP tasks in instruction form (Fig. 5)."""
     big_base: str = ""
     """A base model at least 4x the pipeline's, pretrained by the same recipe, for "small
-    PPO-ptx beats much larger SFT"; empty: that finding is not measured."""
+    PPO-ptx beats much larger SFT" ('sandbox-large' ships for the sandbox's: 4.2x); empty:
+    that finding is not measured."""
     choose: tuple[str, ...] = ()
     """PPO settings to choose among before PPO runs, as a grid: ["ppo.lr=5.0e-5,2.0e-4",
     "ppo.kl_coef=0.02,0.1"]; judged on validation prompts by the training labelers

@@ -1,6 +1,6 @@
 """Stage 0: the sandbox's base model, its GPT-3 (DESIGN.md section 5).
 
-    instructrl pretrain --out RUN [--recipe recipes/pretrain-sandbox.yaml] [--ship]
+    instructrl pretrain --out RUN [--recipe recipes/pretrain-sandbox.yaml] [--ship [NAME]]
 
 Trains a byte-level BPE tokenizer (`tokenizers`) on the sandbox's web-text corpus, then a
 small Llama-style causal LM built from `PretrainConfig`, on the corpus packed into
@@ -11,7 +11,10 @@ steps, RUN/base/checkpoint/ holds the model, tokenizer, optimizer, scheduler, RN
 step (replaced atomically); a killed run started again with the same command resumes there
 and ends bit-for-bit where an uninterrupted run would have (on the same machine).
 `--ship` copies the result into the package (instructrl/sandbox/base_model/), the base model
-every sandbox run starts from.
+every sandbox run starts from; `--ship sandbox-large` (with recipes/pretrain-sandbox-large.yaml)
+to instructrl/sandbox/base_model_large/, the larger base of `instructrl reproduce`
+(`modeling.SHIPPED_BASES`). `--ship-dtype float16` stores the weights in half precision (half
+the bytes in git; they load as float32 like any model).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from tqdm.auto import tqdm
 from instructrl.config import PretrainConfig, RunConfig, SandboxConfig, dump_config, load_config
 from instructrl.data.jsonl import atomic_write_text
 from instructrl.errors import InputError
-from instructrl.modeling import atomic_dir, sandbox_base_model_path, save_pretrained_atomic
+from instructrl.modeling import (SHIPPED_BASES, atomic_dir, sandbox_base_model_path,
+                                 save_pretrained_atomic)
 from instructrl.stages.common import MetricsLog, read_metrics
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -305,15 +309,26 @@ def _train_seconds(metrics_path: Path, tokens_per_step: int) -> float:
     return total
 
 
-def ship(base_dir: str | Path, dest: str | Path | None = None, provenance: dict | None = None
-         ) -> Path:
-    """Copy the model and tokenizer files of `base_dir` into the package (atomically)."""
+def ship(base_dir: str | Path, dest: str | Path | None = None, provenance: dict | None = None,
+         dtype: torch.dtype | None = None) -> Path:
+    """Copy the model and tokenizer files of `base_dir` into the package (atomically), the
+    weights cast to `dtype` when given."""
+    from safetensors.torch import load_file, save_file
+
     base_dir = Path(base_dir)
     dest = Path(dest) if dest is not None else sandbox_base_model_path()
     with atomic_dir(dest) as tmp:
         for name in SHIPPED_FILES:
             if (base_dir / name).exists():
                 shutil.copyfile(base_dir / name, tmp / name)
+        if dtype is not None:
+            weights = load_file(str(base_dir / "model.safetensors"))
+            save_file({k: v.to(dtype) if v.is_floating_point() else v
+                       for k, v in weights.items()}, str(tmp / "model.safetensors"),
+                      metadata={"format": "pt"})
+            config = json.loads((tmp / "config.json").read_text())
+            config["dtype"] = str(dtype).removeprefix("torch.")
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if provenance is not None:
             (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     return dest
@@ -324,9 +339,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from instructrl.cli import add_common
 
     add_common(parser)
-    parser.add_argument("--ship", action="store_true",
-                        help="copy the trained model into the package as the sandbox base "
-                             "model (instructrl/sandbox/base_model/)")
+    parser.add_argument("--ship", nargs="?", const="sandbox", choices=sorted(SHIPPED_BASES),
+                        help="copy the trained model into the package as the shipped base "
+                             "model NAME (default 'sandbox': instructrl/sandbox/base_model/)")
+    parser.add_argument("--ship-dtype", choices=("float32", "float16", "bfloat16"),
+                        help="store the shipped weights in this dtype (default: as trained)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -340,8 +357,11 @@ def run(args: argparse.Namespace) -> int:
     if args.ship:
         cmd = "instructrl pretrain --out " + str(out) + (
             f" --recipe {args.recipe}" if args.recipe else "") + "".join(
-            f" --set {o}" for o in args.overrides) + " --ship"
-        dest = ship(base, provenance={"command": cmd, "pretrain": dataclasses.asdict(cfg.pretrain),
-                                      "sandbox": dataclasses.asdict(cfg.sandbox), **final})
+            f" --set {o}" for o in args.overrides) + f" --ship {args.ship}" + (
+            f" --ship-dtype {args.ship_dtype}" if args.ship_dtype else "")
+        dest = ship(base, sandbox_base_model_path(args.ship),
+                    provenance={"command": cmd, "pretrain": dataclasses.asdict(cfg.pretrain),
+                                "sandbox": dataclasses.asdict(cfg.sandbox), **final},
+                    dtype=getattr(torch, args.ship_dtype) if args.ship_dtype else None)
         print(f"pretrain: shipped {base} -> {dest}")
     return 0
