@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from instructrl.evaluate.stats import proportion_ci
+
 from instructrl.evaluate import findings as F
 from instructrl.rundir import RunDir
 
@@ -36,9 +38,11 @@ def sources() -> dict:
                         "policies": {"ppo-ptx": win(0.58)}},
                 "vs": {"sft-big": {"policies": {"ppo-ptx": win(0.56)}}}}},
             "sandbox_instructions": {
-                "truthfulness": {"policies": {"base": inst(0.2, 0.3), "sft": inst(0.3, 0.3),
+                "truthfulness": {"n_prompts": 50,
+                                 "policies": {"base": inst(0.2, 0.3), "sft": inst(0.3, 0.3),
                                               "ppo-ptx": inst(0.4, 0.5)}},
-                "toxicity": {"policies": {"base": tox(0.5, 0.4), "sft": tox(0.5, 0.4),
+                "toxicity": {"n_prompts": 20,
+                             "policies": {"base": tox(0.5, 0.4), "sft": tox(0.5, 0.4),
                                           "ppo-ptx": tox(0.45, 0.3)}}},
             "sandbox": {"policies": {"base": {"by_category": cats(0.4)},
                                      "ppo-ptx": {"by_category": cats(0.2)}}},
@@ -61,6 +65,14 @@ def by_id(rows: list[dict]) -> dict:
     return {r["id"]: r for r in rows}
 
 
+def test_proportion_ci_is_wilsons():
+    low, high = proportion_ci(0.0, 65)  # no item: the interval still has width
+    assert low == 0.0 and high == pytest.approx(1.96 ** 2 / (65 + 1.96 ** 2))
+    low, high = proportion_ci(0.5, 100)
+    assert (low, high) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    assert all(x != x for x in proportion_ci(0.5, 0))
+
+
 def test_every_row_reads_its_figure_and_applies_its_rule():
     rows = by_id(F.findings(sources()))
     assert [r["id"] for r in F.findings(sources())] == [f.id for f in F.FINDINGS]
@@ -80,6 +92,17 @@ def test_every_row_reads_its_figure_and_applies_its_rule():
     # weighted by prompts: (0.2*10 + 0.1*30) / 40 vs (0.4*10 + 0.2*30) / 40
     assert rows["hallucination"]["value"] == pytest.approx(0.125)
     assert rows["hallucination"]["reproduced"] is True
+    # Each share with Wilson's CI over its prompts; toxicity's CI where the results hold one.
+    assert rows["truthfulness"]["ci"] == pytest.approx(proportion_ci(0.4, 50))
+    assert "40.0 % [" in rows["truthfulness"]["measured"] and "n = 50" in rows["truthfulness"][
+        "measured"]
+    assert rows["hallucination"]["ci"] == pytest.approx(proportion_ci(0.125, 40))
+    assert rows["toxicity"]["ci"] is None and "n = 20" in rows["toxicity"]["measured"]
+    src = sources()
+    src["results"]["sandbox_instructions"]["toxicity"]["policies"]["ppo-ptx"]["respectful"][
+        "expected_max_toxicity_ci"] = [0.2, 0.4]
+    tox = by_id(F.findings(src))["toxicity"]
+    assert tox["ci"] == [0.2, 0.4] and "0.300 [0.200, 0.400] vs base 0.400 (" in tox["measured"]
     # LM loss: 0.3 of 0.4 recovered; public tasks: 0.15 of 0.2
     assert rows["alignment_tax"]["value"] == pytest.approx(0.75)
     assert rows["alignment_tax"]["reproduced"] is True

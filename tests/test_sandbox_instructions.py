@@ -68,7 +68,11 @@ def test_expected_max_toxicity_and_toxic_rate_by_hand():
     figs = I.toxicity_figures(scores)
     assert figs["expected_max_toxicity"] == pytest.approx((0.5 + 0 + 1 + 0.5) / 4)
     assert figs["toxic_rate"] == pytest.approx(3 / 4)
-    assert all(x != x for x in I.toxicity_figures([]).values())  # nan: nothing measured
+    low, high = figs["expected_max_toxicity_ci"]  # bootstrap over the 4 prompts' maxima
+    assert 0.0 <= low < figs["expected_max_toxicity"] < high <= 1.0
+    none = I.toxicity_figures([])  # nan: nothing measured
+    assert all(x != x for x in [none["expected_max_toxicity"], none["toxic_rate"],
+                                *none["expected_max_toxicity_ci"]])
 
 
 def qa_prompt(world: World, e: str, attr: str) -> Prompt:
@@ -152,8 +156,10 @@ def test_plain_and_instructed_use_the_same_prompts(judges, world, monkeypatch):
     assert instr == [I.with_instruction(I.RESPECTFUL, t) for t in plain]
     assert out["toxicity"] == {
         "n_prompts": 3, "n_samples": 3,
-        "plain": {"expected_max_toxicity": 1.0, "toxic_rate": 1.0},
-        "respectful": {"expected_max_toxicity": 0.0, "toxic_rate": 0.0}}
+        "plain": {"expected_max_toxicity": 1.0, "toxic_rate": 1.0,
+                  "expected_max_toxicity_ci": [1.0, 1.0]},
+        "respectful": {"expected_max_toxicity": 0.0, "toxic_rate": 0.0,
+                       "expected_max_toxicity_ci": [0.0, 0.0]}}
 
 
 def test_fitting_leaves_out_what_the_token_limit_would_cut(world):
@@ -231,7 +237,11 @@ def test_eval_writes_the_instructions_section(sandbox_run, tiny_model_dir):
     assert set(tr["policies"]) == set(tx["policies"]) == {"base", "sft"}
     for name in ("base", "sft"):
         figs = [v for c in ("plain", "instructed") for v in tr["policies"][name][c].values()]
-        figs += [v for c in ("plain", "respectful") for v in tx["policies"][name][c].values()]
+        for c in ("plain", "respectful"):
+            fig = dict(tx["policies"][name][c])
+            low, high = fig.pop("expected_max_toxicity_ci")
+            assert low <= fig["expected_max_toxicity"] <= high
+            figs += list(fig.values())
         assert len(figs) == 10 and all(0.0 <= v <= 1.0 for v in figs)
         by = res["sandbox"]["policies"][name]["by_category"]
         assert sum(c["n"] for c in by.values()) == res["sandbox"]["n_prompts"]

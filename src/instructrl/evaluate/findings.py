@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from instructrl.evaluate.stats import proportion_ci
 from instructrl.rundir import RunDir
 
 
@@ -105,46 +106,62 @@ def _public_sft_loses(src: dict) -> dict:
                 pub["mean"], [pub["low"], pub["high"]])
 
 
+def _share(p: float, n: int) -> str:
+    low, high = proportion_ci(p, n)
+    return f"{_pct(p)} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
 def _truthful(src: dict) -> dict:
-    t = _get(src, "results", "sandbox_instructions", "truthfulness", "policies")
-    ti = lambda p, k: _num(_get(t, p, k, "truthful_informative"),  # noqa: E731
+    t = _get(src, "results", "sandbox_instructions", "truthfulness")
+    n = int(_get(t, "n_prompts"))
+    ti = lambda p, k: _num(_get(t, "policies", p, k, "truthful_informative"),  # noqa: E731
                            f"sandbox_instructions / truthfulness / {p} / {k}")
     figs = {k: (ti("ppo-ptx", k), ti("base", k), ti("sft", k)) for k in ("plain", "instructed")}
     ratio = {k: (a / b if b > 0 else None) for k, (a, b, _) in figs.items()}
-    text = "; ".join(f"{k}: PPO-ptx {_pct(a)} vs base {_pct(b)} (SFT {_pct(c)}) true & "
-                     f"informative" for k, (a, b, c) in figs.items())
-    return _row(text, all(a > b for a, b, _ in figs.values()), figs["plain"][0], ratio=ratio)
+    text = "; ".join(f"{k}: PPO-ptx {_share(a, n)} vs base {_share(b, n)} (SFT {_pct(c)}) "
+                     f"true & informative" for k, (a, b, c) in figs.items())
+    return _row(f"{text} (n = {n} open-QA prompts)", all(a > b for a, b, _ in figs.values()),
+                figs["plain"][0], proportion_ci(figs["plain"][0], n), ratio=ratio)
 
 
 def _toxicity(src: dict) -> dict:
-    t = _get(src, "results", "sandbox_instructions", "toxicity", "policies")
-    emt = lambda p, k: _num(_get(t, p, k, "expected_max_toxicity"),  # noqa: E731
+    t = _get(src, "results", "sandbox_instructions", "toxicity")
+    pol = _get(t, "policies")
+    emt = lambda p, k: _num(_get(pol, p, k, "expected_max_toxicity"),  # noqa: E731
                             f"sandbox_instructions / toxicity / {p} / {k}")
-    ptx, base, sft = emt("ppo-ptx", "respectful"), emt("base", "respectful"), \
-        emt("sft", "respectful")
-    plain = emt("ppo-ptx", "plain")
+
+    def fig(p: str, k: str) -> str:  # (the CI where the results have it)
+        ci = pol[p][k].get("expected_max_toxicity_ci")
+        return f"{emt(p, k):.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    ptx, base = emt("ppo-ptx", "respectful"), emt("base", "respectful")
     fewer = 1 - ptx / base if base > 0 else 0.0
-    return _row(f"expected max. toxicity asked to be respectful: PPO-ptx {ptx:.3f} vs base "
-                f"{base:.3f} ({100 * fewer:.0f} % fewer; SFT {sft:.3f}); PPO-ptx not asked "
-                f"{plain:.3f}", ptx < base, ptx, relative_reduction=fewer)
+    return _row(f"expected max. toxicity asked to be respectful: PPO-ptx "
+                f"{fig('ppo-ptx', 'respectful')} vs base {fig('base', 'respectful')} "
+                f"({100 * fewer:.0f} % fewer; SFT {emt('sft', 'respectful'):.3f}); PPO-ptx not "
+                f"asked {emt('ppo-ptx', 'plain'):.3f} (n = {_get(t, 'n_prompts')} harmful "
+                f"prompts)", ptx < base, ptx,
+                pol["ppo-ptx"]["respectful"].get("expected_max_toxicity_ci"),
+                relative_reduction=fewer)
 
 
 CLOSED = ("closed_qa", "summarization")
 
 
 def _hallucination(src: dict) -> dict:
-    def rate(policy: str) -> float:
+    def rate(policy: str) -> tuple[float, int]:
         cats = _get(src, "results", "sandbox", "policies", policy, "by_category")
         rates = [(cats[c]["hallucination"], cats[c]["n"]) for c in CLOSED
                  if c in cats and cats[c]["n"]]
         if not rates:
             raise Missing(f"sandbox / policies / {policy} / by_category / closed_qa")
-        return _num(sum(r * n for r, n in rates) / sum(n for _, n in rates),
-                    f"hallucination of {policy}")
+        n = sum(k for _, k in rates)
+        return _num(sum(r * k for r, k in rates) / n, f"hallucination of {policy}"), n
 
-    ptx, base = rate("ppo-ptx"), rate("base")
-    return _row(f"closed QA and summarisation: PPO-ptx {_pct(ptx)} vs base {_pct(base)}",
-                ptx < base, ptx)
+    (ptx, n), (base, n_base) = rate("ppo-ptx"), rate("base")
+    return _row(f"closed QA and summarisation: PPO-ptx {_share(ptx, n)} vs base "
+                f"{_share(base, n_base)} (n = {n} responses)", ptx < base, ptx,
+                proportion_ci(ptx, n))
 
 
 def recovered(base: float, ppo: float, ptx: float, lower_is_better: bool) -> float | None:

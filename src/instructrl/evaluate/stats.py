@@ -19,6 +19,16 @@ def mean_ci(xs: list[float], z: float = 1.96) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
+def proportion_ci(p: float, n: int, z: float = 1.96) -> list[float]:
+    """Wilson's 95 % interval [low, high] of a share `p` of `n` items (sound at 0 % and
+    100 %, where the normal approximation collapses to a point)."""
+    if not n or p != p:
+        return [float("nan"), float("nan")]
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
 def rate(flags: list[bool]) -> float:
     return sum(flags) / len(flags) if flags else float("nan")
 
