@@ -33,7 +33,8 @@ def sources() -> dict:
     return {
         "results": {
             "preference": {"sandbox-labelers": {
-                "policies": {"ppo-ptx": win(0.70), "sft-public": win(0.40), "sft": win(0.5)},
+                "policies": {"ppo-ptx": win(0.70), "sft-public": win(0.40), "sft": win(0.5),
+                             "sft-big": win(0.55)},
                 "ood": {"categories": ["rewrite"], "styles": ["few-shot"],
                         "policies": {"ppo-ptx": win(0.58)}},
                 "vs": {"sft-big": {"policies": {"ppo-ptx": win(0.56)}}}}},
@@ -111,6 +112,8 @@ def test_every_row_reads_its_figure_and_applies_its_rule():
     assert rows["over_optimisation"]["reproduced"] is True
     assert rows["small_ppo_beats_big_sft"]["reproduced"] is True
     assert rows["small_ppo_beats_big_sft"]["value"] == 0.56
+    assert rows["small_ppo_beats_big_sft"]["big_sft"] == 0.55  # shown beside it
+    assert "which itself wins 0.550 [" in rows["small_ppo_beats_big_sft"]["measured"]
     # no results for the larger base: not measured, never a pass
     src = sources()
     del src["results"]["preference"]["sandbox-labelers"]["vs"]
