@@ -36,7 +36,7 @@ from instructrl.modeling import (ScalarHeadModel, load_tokenizer,
                                  lora_enabled, prepare_for_training, resolve_model_path,
                                  weights_dtype)
 from instructrl.rundir import RunDir, join_prompts
-from instructrl.stages.common import (Checkpoint, MetricsLog, adamw_cosine, batches, chunks,
+from instructrl.stages.common import (Checkpoint, MetricsLog, adamw_cosine, batches,
                                       resume_training_state, save_training_state,
                                       seed_everything, seed_process, trainable)
 from instructrl.templates import encode_prompt, encode_response
