@@ -162,6 +162,19 @@ def test_lora_sharded_trains_what_one_process_trains(runs, tiny_model_dir, tiny_
         assert (r["fsdp"] / model / "adapter" / "adapter_model.safetensors").exists()
 
 
+def test_lora_over_a_bf16_base_shards(runs, tiny_model_dir, tiny_rm_dir):
+    # recipes/gpu-8-7b-lora.yaml's weights: a bf16 frozen base under float32 adapters, in one
+    # FSDP group per block (FSDP2 asks only the trained weights to share a dtype).
+    recipe, r = runs
+    for stage, name in (("sft", "sft"), ("rm", "rm"), ("ppo", "ppo-ptx")):
+        out = launch_fsdp(stage_args(stage, r["fsdp"], recipe, tiny_model_dir, tiny_rm_dir)
+                          + ["--set", "lora.r=4", "--set", "model.dtype=bf16"])
+        assert "sharded over 2 processes" in out and (r["fsdp"] / name / "done.json").exists()
+        rows = read_metrics(r["fsdp"] / name / "metrics.jsonl")
+        assert rows and all(v == v for row in rows for v in row.values()
+                            if isinstance(v, float))
+
+
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_sharded_ppo_killed_resumes_in_one_process_and_matches(runs, tiny_model_dir,
                                                                tiny_rm_dir, lora):
