@@ -387,19 +387,20 @@ def save_pretrained_atomic(model, tokenizer, directory: str | os.PathLike,
     with atomic_dir(directory) as tmp:
         if is_peft(model):
             model.get_base_model().save_pretrained(
-                tmp, state_dict=_cast(merged_state_dict(model, state), dtype))
+                tmp, state_dict=cast_state(merged_state_dict(model, state), dtype))
             model.save_pretrained(tmp / ADAPTER_DIR, state_dict=state)
         else:
             if state is None and dtype is not None:
                 state = model.state_dict()
-            model.save_pretrained(tmp, state_dict=_cast(state, dtype) if state is not None
+            model.save_pretrained(tmp, state_dict=cast_state(state, dtype) if state is not None
                                   else None)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return Path(directory)
 
 
-def _cast(state: dict, dtype) -> dict:
+def cast_state(state: dict, dtype) -> dict:
+    """`state` with its floating-point tensors in `dtype` (None: as it is)."""
     if dtype is None:
         return state
     return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
@@ -630,13 +631,13 @@ class ScalarHeadModel(nn.Module):
         with atomic_dir(directory) as tmp:
             if is_peft(self.backbone):
                 self.backbone.get_base_model().save_pretrained(
-                    tmp, state_dict=_cast(merged_state_dict(self.backbone), dtype))
+                    tmp, state_dict=cast_state(merged_state_dict(self.backbone), dtype))
                 self.backbone.save_pretrained(tmp / ADAPTER_DIR)
                 write_head(tmp / ADAPTER_DIR)
             else:
                 self.backbone.save_pretrained(
                     tmp, state_dict=None if dtype is None
-                    else _cast(self.backbone.state_dict(), dtype))
+                    else cast_state(self.backbone.state_dict(), dtype))
             write_head(tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)

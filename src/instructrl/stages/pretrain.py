@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 from instructrl.config import PretrainConfig, RunConfig, SandboxConfig, dump_config, load_config
 from instructrl.data.jsonl import atomic_write_text
 from instructrl.errors import InputError
-from instructrl.modeling import (SHIPPED_BASES, atomic_dir, sandbox_base_model_path,
-                                 save_pretrained_atomic)
+from instructrl.modeling import (SHIPPED_BASES, atomic_dir, cast_state,
+                                 sandbox_base_model_path, save_pretrained_atomic)
 from instructrl.stages.common import MetricsLog, read_metrics
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -319,12 +319,11 @@ def ship(base_dir: str | Path, dest: str | Path | None = None, provenance: dict 
     dest = Path(dest) if dest is not None else sandbox_base_model_path()
     with atomic_dir(dest) as tmp:
         for name in SHIPPED_FILES:
-            if (base_dir / name).exists():
+            if (base_dir / name).exists() and not (dtype and name == "model.safetensors"):
                 shutil.copyfile(base_dir / name, tmp / name)
         if dtype is not None:
             weights = load_file(str(base_dir / "model.safetensors"))
-            save_file({k: v.to(dtype) if v.is_floating_point() else v
-                       for k, v in weights.items()}, str(tmp / "model.safetensors"),
+            save_file(cast_state(weights, dtype), str(tmp / "model.safetensors"),
                       metadata={"format": "pt"})
             config = json.loads((tmp / "config.json").read_text())
             config["dtype"] = str(dtype).removeprefix("torch.")
