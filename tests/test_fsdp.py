@@ -4,7 +4,8 @@ between them train what one unsharded process trains; a checkpoint written shard
 whole state, so a run killed under FSDP resumes sharded or in one plain process and ends
 where the uninterrupted run ends; PPO-ptx trains sharded what it trains in one process, and a
 sharded PPO run killed resumes in one process; with LoRA, the frozen base and the adapters are
-sharded together and every stage again trains what one process trains."""
+sharded together and every stage again trains what one process trains; DeepSpeed configs
+(ZeRO stages, offload) shard the same way."""
 
 from __future__ import annotations
 
@@ -88,6 +89,34 @@ def test_sharded_sft_and_rm_train_what_one_process_trains(runs, tiny_model_dir, 
     assert epochs == sorted(d.name for d in (r["fsdp"] / "sft" / "epochs").iterdir())
     for e in epochs:  # every SFT epoch was gathered and saved whole
         same_weights(r["plain"] / "sft" / "epochs" / e, r["fsdp"] / "sft" / "epochs" / e)
+
+
+def test_deepspeed_configs_shard_and_train_what_one_process_trains(runs, tiny_model_dir,
+                                                                  tiny_rm_dir, tmp_path):
+    # What `accelerate launch` exports for a DeepSpeed config: SFT from a DeepSpeed JSON file
+    # (ZeRO-3, CPU offload), the RM from accelerate's own keys (ZeRO-2); both run as FSDP2.
+    recipe, r = runs
+    ds_json = tmp_path / "ds.json"
+    ds_json.write_text('{"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}},'
+                       ' "train_batch_size": "auto", "gradient_clipping": 0.5}')
+    envs = {"sft": {"ACCELERATE_DEEPSPEED_CONFIG_FILE": str(ds_json)},
+            "rm": {"ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}}
+    said = {"sft": f"DeepSpeed ZeRO-3 ({ds_json}) runs as FSDP2 sharding (reshard after "
+                   "forward: yes, CPU offload: yes); DeepSpeed's engine is not used. Set by "
+                   f"the recipe, not by {ds_json}: gradient_clipping",
+            "rm": "DeepSpeed ZeRO-2 (accelerate config) runs as FSDP2 sharding (reshard "
+                  "after forward: no, CPU offload: no)"}
+    for stage in ("sft", "rm"):
+        launch(1, stage_args(stage, r["plain"], recipe, tiny_model_dir, tiny_rm_dir))
+        proc = subprocess.run(
+            command(2, stage_args(stage, r["fsdp"], recipe, tiny_model_dir, tiny_rm_dir)),
+            env={**env(), "ACCELERATE_USE_DEEPSPEED": "true", **envs[stage]}, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        assert said[stage] in proc.stdout and "sharded over 2 processes" in proc.stdout
+        compare_rows(read_metrics(r["plain"] / stage / "metrics.jsonl"),
+                     read_metrics(r["fsdp"] / stage / "metrics.jsonl"), stage)
+        same_weights(r["plain"] / stage, r["fsdp"] / stage)
 
 
 @pytest.mark.parametrize("resume", ["sharded", "one process"])

@@ -31,10 +31,17 @@ reduce-scattered by FSDP (as sums, like `sync_gradients`) instead of all-reduced
 false: ZeRO-2-like), and FSDP_OFFLOAD_PARAMS keeps the shards in CPU memory. Every forward and
 backward of a sharded model is a collective, so every process must make the same number of
 them (`lockstep`), and checkpoints gather the whole state (`trainable_state`,
-`optimizer_state`) and load it back whatever the number of processes. DeepSpeed is not
-used: FSDP's two modes are ZeRO-2 and ZeRO-3's arithmetic. SFT, the RM and PPO train
-sharded, with LoRA too (a group holds the frozen base weights and the adapters of its block;
-under peft the groups go on the plain model that peft's forward calls).
+`optimizer_state`) and load it back whatever the number of processes. SFT, the RM and PPO
+train sharded, with LoRA too (a group holds the frozen base weights and the adapters of its
+block; under peft the groups go on the plain model that peft's forward calls).
+
+DeepSpeed: launched with an accelerate config whose `distributed_type` is DEEPSPEED (its
+`deepspeed_config`, or a DeepSpeed JSON file), the same FSDP2 sharding runs what the config
+asks (`deepspeed_sharding`): ZeRO-3 reshards after forward, ZeRO-1/2 do not, ZeRO-0 is plain
+data parallelism, CPU offload of parameters or optimizer is FSDP2's CPU offload; precision
+follows the file's bf16/fp16 sections. DeepSpeed's engine itself is not used (why: beside
+`_ZERO_STAGES`); the main process says so at start, with the config's batch, optimizer and
+clipping settings that the recipe overrides.
 
 Precision lives here too (`precision`): `model.mixed_precision` (auto follows `accelerate
 launch --mixed_precision` / its config file, else bf16 on a GPU that has it and float32 on a
@@ -46,6 +53,7 @@ from __future__ import annotations
 import os
 import contextlib
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 
@@ -71,10 +79,12 @@ class Runtime:
             self.rank = 0
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-        self.fsdp = self.world > 1 and _env_true("ACCELERATE_USE_FSDP")
-        self.reshard_after_forward = True
-        if self.fsdp:
-            self.reshard_after_forward = _reshard_after_forward()
+        plan = sharding_plan() if self.world > 1 else None
+        self.fsdp = plan is not None
+        self.reshard_after_forward = plan.reshard_after_forward if plan else True
+        self.offload = bool(plan and plan.offload)
+        if self.world > 1 and self.is_main and _env_true("ACCELERATE_USE_DEEPSPEED"):
+            print(deepspeed_note(plan), flush=True)
 
     @property
     def is_main(self) -> bool:
@@ -167,7 +177,7 @@ class Runtime:
         from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
 
         kw = {"reshard_after_forward": self.reshard_after_forward}
-        if _env_true("FSDP_OFFLOAD_PARAMS") and self.device.type != "cpu":
+        if self.offload and self.device.type != "cpu":
             kw["offload_policy"] = CPUOffloadPolicy()  # (on a CPU they are there already)
         blocks = {name for m in model.modules()
                   for name in (getattr(m, "_no_split_modules", None) or [])}
@@ -316,6 +326,129 @@ def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
 
 
+class Sharding(NamedTuple):
+    """How `wrap` shards: FSDP2 with or without resharding after each forward (ZeRO-3's or
+    ZeRO-2's arithmetic), parameters and optimizer step in CPU memory or not, and what the
+    launcher asked for in its own words."""
+    reshard_after_forward: bool
+    offload: bool
+    asked: str
+
+
+def sharding_plan() -> Sharding | None:
+    """What `accelerate launch` asked for: its FSDP settings, or its DeepSpeed ones run as
+    FSDP2's equivalent (`deepspeed_sharding`); None for plain data parallelism."""
+    if _env_true("ACCELERATE_USE_FSDP"):
+        return Sharding(_reshard_after_forward(), _env_true("FSDP_OFFLOAD_PARAMS"), "FSDP")
+    if _env_true("ACCELERATE_USE_DEEPSPEED"):
+        return deepspeed_sharding()
+    return None
+
+
+# DeepSpeed configs are honoured with FSDP2 rather than DeepSpeed's engine: the stages own
+# their optimizers, sum gradients and write checkpoints in torch's format that resume under
+# any number of processes (module docstring); the engine would own the optimizer and step,
+# average gradients, and save ZeRO checkpoints per rank. One sharding mechanism serves both
+# kinds of config file, and ZeRO's stages map onto FSDP2's two modes.
+_ZERO_STAGES = {0: None, 1: False, 2: False, 3: True}  # stage -> reshard after forward
+# Sections of a DeepSpeed config that the recipe sets instead (batch sizes, optimizer,
+# schedule, clipping): named to the user when the file sets them to other than "auto".
+_RECIPE_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu",
+                "gradient_accumulation_steps", "gradient_clipping", "optimizer", "scheduler")
+
+
+def deepspeed_config() -> tuple[dict, str | None]:
+    """The DeepSpeed JSON file accelerate was given (ACCELERATE_DEEPSPEED_CONFIG_FILE) and its
+    path; ({}, None) without one."""
+    from instructrl.errors import InputError
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "").strip()
+    if not path or path.lower() == "none":
+        return {}, None
+    import json
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except FileNotFoundError:
+        raise InputError("the DeepSpeed config file does not exist", path=path,
+                         field="deepspeed_config_file") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON: {e.msg}", path=path, line=e.lineno) from None
+    if not isinstance(cfg, dict):
+        raise InputError("a DeepSpeed config must be a JSON object", path=path)
+    return cfg, path
+
+
+def deepspeed_sharding() -> Sharding | None:
+    """accelerate's DeepSpeed settings as FSDP2's: ZeRO-3 reshards parameters after each
+    forward, ZeRO-2 (and ZeRO-1, which FSDP2 has no mode for: ZeRO-2 shards more) keeps them
+    gathered between forward and backward, ZeRO-0 is plain data parallelism (None);
+    offloading parameters or the optimizer to the CPU becomes FSDP2's CPU offload (both
+    move together there). The stage and offload devices come from the config file's
+    `zero_optimization` when accelerate was given one, else from accelerate's own keys
+    (zero_stage, default 2 as in accelerate; offload_param_device, offload_optimizer_device)."""
+    from instructrl.errors import InputError
+    cfg, path = deepspeed_config()
+    if path is not None:
+        zero = cfg.get("zero_optimization", {})
+        if not isinstance(zero, dict):
+            raise InputError("must be an object", path=path, field="zero_optimization")
+        stage, where = zero.get("stage", 0), "zero_optimization.stage"
+        devices = {f"zero_optimization.{k}.device": (zero.get(k) or {}).get("device", "none")
+                   for k in ("offload_param", "offload_optimizer")}
+        source = path
+    else:
+        stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+        where = "zero_stage"
+        devices = {k: os.environ.get(f"ACCELERATE_DEEPSPEED_{k.upper()}", "none")
+                   for k in ("offload_param_device", "offload_optimizer_device")}
+        source = "accelerate config"
+    try:
+        stage = int(stage)
+        reshard = _ZERO_STAGES[stage]
+    except (TypeError, ValueError, KeyError):
+        raise InputError(f"ZeRO stage {stage!r} is not 0, 1, 2 or 3", path=path,
+                         field=where) from None
+    offload = False
+    for field, device in devices.items():
+        device = str(device).lower()
+        if device == "nvme":
+            raise InputError("NVMe offload is not supported (FSDP2, which runs DeepSpeed "
+                             "configs here, offloads to CPU memory): use cpu or none",
+                             path=path, field=field)
+        if device not in ("none", "cpu"):
+            raise InputError(f"offload device {device!r} is not none, cpu or nvme",
+                             path=path, field=field)
+        offload = offload or device == "cpu"
+    if reshard is None:
+        return None
+    return Sharding(reshard, offload, f"DeepSpeed ZeRO-{stage} ({source})")
+
+
+def _deepspeed_precision() -> str | None:
+    """bf16 or fp16 when the DeepSpeed config file enables it ("auto" defers to accelerate)."""
+    cfg, _ = deepspeed_config()
+    for name in ("bf16", "fp16"):
+        section = cfg.get(name)
+        if isinstance(section, dict) and section.get("enabled") is True:
+            return name
+    return None
+
+
+def deepspeed_note(plan: Sharding | None) -> str:
+    """What a DeepSpeed launch becomes, said once by the main process."""
+    cfg, path = deepspeed_config()
+    if plan is None:
+        said = "DeepSpeed ZeRO-0: plain data parallelism, every weight on every process"
+    else:
+        said = (f"{plan.asked} runs as FSDP2 sharding (reshard after forward: "
+                f"{'yes' if plan.reshard_after_forward else 'no'}, CPU offload: "
+                f"{'yes' if plan.offload else 'no'}); DeepSpeed's engine is not used")
+    ignored = [k for k in _RECIPE_KEYS if k in cfg and cfg[k] != "auto"]
+    if ignored:
+        said += (f". Set by the recipe, not by {path}: " + ", ".join(ignored))
+    return said
+
+
 def _reshard_after_forward() -> bool:
     """accelerate's FSDP settings: FSDP_RESHARD_AFTER_FORWARD (its FSDP2 key) or
     FSDP_SHARDING_STRATEGY (FSDP1's: FULL_SHARD = true, SHARD_GRAD_OP = false)."""
@@ -436,11 +569,15 @@ class Precision:
 def mixed_precision(model_cfg=None, device: torch.device | None = None) -> str:
     """`model.mixed_precision` resolved to fp32 | bf16 | fp16. auto: what `accelerate launch`
     was told (`--mixed_precision`, or its config file: ACCELERATE_MIXED_PRECISION, where fp32
-    is 'no'), else bf16 on a GPU that has it, else fp32 (these CPUs run bf16 ~4x slower)."""
+    is 'no'; under DeepSpeed also its config file's bf16/fp16 "enabled": true), else bf16 on a
+    GPU that has it, else fp32 (these CPUs run bf16 ~4x slower)."""
     device = device or runtime().device
     name = getattr(model_cfg, "mixed_precision", "auto") if model_cfg is not None else "auto"
     if name == "auto":
-        name = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower() or (
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
+        if launched in ("", "no") and _env_true("ACCELERATE_USE_DEEPSPEED"):
+            launched = _deepspeed_precision() or launched
+        name = launched or (
             "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32")
         name = {"no": "fp32"}.get(name, name)
     if name not in ("fp32", "bf16", "fp16"):
