@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from instructrl.data.records import Prompt
 from instructrl.stages.collect import collect_samples, round_prompts, split_k
 
@@ -43,3 +45,37 @@ def test_a_repeated_prompt_gets_its_own_k_new_responses(tiny_model_dir, make_cfg
     assert all(len(s["responses"]) == 3 for s in samples)
     texts = [sorted(r["text"] for r in s["responses"]) for s in samples]
     assert texts[0] != texts[2]  # the second visit of p0 is new samples, not a copy
+
+
+def test_an_interrupted_collect_samples_only_the_batches_it_lacks(tiny_model_dir, make_cfg,
+                                                                  tmp_path, monkeypatch):
+    import instructrl.generation as generation
+
+    c = make_cfg("collect.k=3", "collect.max_new_tokens=6", "collect.batch_size=4").collect
+    prompts = _prompts(10)  # 30 texts: 8 batches
+    whole = collect_samples({"sft": tiny_model_dir}, prompts, c, seed=1)
+    real, calls = generation.sample, []
+
+    def sample(*args, **kw):
+        calls.append(1)
+        if kill_after is not None and len(calls) > kill_after:
+            raise KeyboardInterrupt  # a kill after 3 batches
+        return real(*args, **kw)
+
+    monkeypatch.setattr(generation, "sample", sample)
+    partial = tmp_path / "partial"
+    kill_after = 3
+    with pytest.raises(KeyboardInterrupt):
+        collect_samples({"sft": tiny_model_dir}, prompts, c, seed=1, progress=partial)
+    (log,) = (partial / "sft").glob("*.jsonl")
+    assert len(log.read_text().splitlines()) == 1 + 3  # the key, then one line per batch
+    with log.open("a") as f:
+        f.write('{"batch": 7, "tex')  # a line the kill cut short
+    calls.clear()
+    kill_after = None
+    assert collect_samples({"sft": tiny_model_dir}, prompts, c, seed=1,
+                           progress=partial) == whole
+    assert len(calls) == 8 - 3
+    calls.clear()  # other settings (here the seed) reuse nothing
+    collect_samples({"sft": tiny_model_dir}, prompts, c, seed=2, progress=partial)
+    assert len(calls) == 8

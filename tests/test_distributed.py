@@ -220,3 +220,32 @@ def test_collect_under_two_processes_writes_what_one_writes(two_runs, tiny_model
     assert len(one.splitlines()) == 24  # 72 texts: 9 batches of 8, 5 on one process, 4 on the other
     assert one == two
     assert (runs[2] / "collect-0" / "done.json").exists()
+
+
+def test_collect_killed_under_two_processes_resumes_in_one(two_runs, tiny_model_dir):
+    # SIGKILL while both processes sample; one process carries on with the batches neither
+    # had finished and writes what an uninterrupted run writes.
+    recipe, runs = two_runs
+    args = lambda run: ["collect", "--out", str(run), "--recipe", str(recipe), "--policy",
+                        f"sft={tiny_model_dir}", "--label", "none", "--set", "collect.k=3",
+                        "--set", "collect.batch_size=2", "--set", "collect.n_prompts=60",
+                        "--set", "collect.n_valid_prompts=4", "--set",
+                        "collect.max_new_tokens=32"]
+    launch(1, args(runs[1]))
+    proc = subprocess.Popen(command(2, args(runs[2])), env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    partial = runs[2] / "collect-0" / "partial" / "sft"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        logs = list(partial.glob("*.jsonl")) if partial.exists() else []
+        if len(logs) == 2 and sum(len(p.read_text().splitlines()) for p in logs) >= 8:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the collect ended before it could be killed"
+    kill_tree(proc)
+    assert not (runs[2] / "collect-0" / "samples.jsonl").exists()
+    out = launch(1, args(runs[2]))
+    assert "batches were sampled before; sampling the other" in out
+    one = (runs[1] / "collect-0" / "samples.jsonl").read_text()
+    assert one == (runs[2] / "collect-0" / "samples.jsonl").read_text()
+    assert not (runs[2] / "collect-0" / "partial").exists()

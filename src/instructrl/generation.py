@@ -16,15 +16,26 @@ from instructrl.templates import encode_example, encode_prompt
 @torch.no_grad()
 def sample_texts(model, tokenizer, prompt_texts: list[str], *, max_prompt_tokens: int,
                  max_new_tokens: int, temperature: float = 1.0, batch_size: int = 64,
-                 seed: int = 0, desc: str | None = None, split: bool = False) -> list[str]:
+                 seed: int = 0, desc: str | None = None, split: bool = False,
+                 progress=None, model_key: str = "") -> list[str]:
     """One sampled response per prompt text (repeat a text to get several), deterministic
     given `seed` and the batch layout. `desc` shows a progress bar. With `split`, every
     process of a data-parallel run samples every N-th batch and all get every text: the
-    texts one process would sample (each batch has its own seed)."""
+    texts one process would sample (each batch has its own seed). With `progress` (a
+    folder), each finished batch is kept there and a rerun samples only the batches it does
+    not hold for the same model (`model_key`), settings and texts (`instructrl.batchlog`);
+    the caller deletes the folder once it has saved the result."""
+    from instructrl.batchlog import BatchLog, sampling_key
     from instructrl.distributed import runtime
     rt = runtime()
     device = next(model.parameters()).device
     model.eval()
+    log = None
+    if progress is not None:
+        log = BatchLog(progress, sampling_key(model_key, seed, batch_size, max_prompt_tokens,
+                                              max_new_tokens, temperature, prompt_texts),
+                       rank=rt.rank)
+        rt.barrier()  # every process has read the same files before any writes to them
 
     def run(mine: list[tuple[int, int]]) -> list[list[str]]:
         out = []
@@ -39,11 +50,23 @@ def sample_texts(model, tokenizer, prompt_texts: list[str], *, max_prompt_tokens
                                       eos_token_id=tokenizer.eos_token_id,
                                       pad_token_id=tokenizer.pad_token_id, generator=gen)
             out.append(decode_responses(tokenizer, responses, rmask))
+            if log is not None:
+                log.add(b, out[-1])
         return out
 
     starts = list(enumerate(range(0, len(prompt_texts), batch_size)))
-    done = rt.map_shard(run, starts) if split else run(starts)
-    return [text for texts in done for text in texts]
+    done = dict(log.done) if log is not None else {}
+    if done and rt.is_main:
+        print(f"{desc or 'sampling'}: {len(done)} of {len(starts)} batches were sampled "
+              f"before; sampling the other {len(starts) - len(done)}", flush=True)
+    todo = [s for s in starts if s[0] not in done]
+    try:
+        fresh = rt.map_shard(run, todo) if split else run(todo)
+    finally:
+        if log is not None:
+            log.close()
+    done.update((b, texts) for (b, _), texts in zip(todo, fresh))
+    return [text for b, _ in starts for text in done[b]]
 
 
 def decode_responses(tokenizer, responses: torch.Tensor, response_mask: torch.Tensor

@@ -13,6 +13,10 @@ Each round takes prompts no earlier round used (the paper collects on new prompt
 policies improve). Training labelers rank train-split samples (RM training data) and
 valid-split samples (RM validation); held-out labelers rank a share of valid-split samples so
 the RM can be scored against people who never trained it (section 3.4).
+
+A round killed while it samples resumes with the batches it had not sampled: each finished
+batch waits in RUN/collect-<round>/partial/ until samples.jsonl is written (any number of
+processes, before and after).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -57,9 +62,11 @@ def split_k(k: int, n_policies: int) -> list[int]:
 
 
 def collect_samples(policies: dict[str, Path], prompts: list[Prompt], c: CollectConfig,
-                    seed: int, model_cfg=None) -> list[dict]:
+                    seed: int, model_cfg=None, progress: Path | None = None) -> list[dict]:
     """{prompt_id, responses: [{text, policy}]} for each prompt, K responses, policies mixed
-    in a per-prompt shuffled order (so position says nothing about the policy)."""
+    in a per-prompt shuffled order (so position says nothing about the policy). With
+    `progress` (a folder), each policy's finished batches are kept under it, so a rerun
+    after a kill samples only the rest (the caller deletes it once the samples are saved)."""
     device = default_device()
     # One response list per entry of `prompts` (a prompt may appear more than once).
     per_row: list[list[Response]] = [[] for _ in prompts]
@@ -71,7 +78,8 @@ def collect_samples(policies: dict[str, Path], prompts: list[Prompt], c: Collect
         outs = sample_texts(model, tok, texts, max_prompt_tokens=c.max_prompt_tokens,
                             max_new_tokens=c.max_new_tokens, temperature=c.temperature,
                             batch_size=c.batch_size, seed=seed, desc=f"collect {name}",
-                            split=True)
+                            split=True, progress=None if progress is None else progress / name,
+                            model_key=str(path))
         for row, text in zip(owners, outs):
             per_row[row].append(Response(text=text, policy=name))
         del model
@@ -129,17 +137,20 @@ def collect(cfg: RunConfig, run: RunDir, policies: dict[str, str | Path], rnd: i
     train = round_prompts(run.prompts("train"), c.n_prompts, rnd, c.seed)
     valid = round_prompts(run.prompts("valid"), c.n_valid_prompts, rnd, c.seed)
     samples_path = out / "samples.jsonl"
+    partial = out / "partial"  # batches sampled so far, for a rerun after a kill
     rt = runtime()
     if not samples_path.exists():
         t0 = time.time()
         # Under N processes each samples its share of the batches; the main one writes.
         samples = collect_samples(resolved, train + valid, c, seed=c.seed * 7919 + rnd,
-                                  model_cfg=cfg.model)
+                                  model_cfg=cfg.model, progress=partial)
         if rt.is_main:
             write_records(samples_path, samples)
             print(f"collect: {len(samples)} prompts x {c.k} responses from "
                   f"{', '.join(resolved)} in {time.time() - t0:.1f}s")
     rt.barrier()
+    if rt.is_main and partial.exists():  # the batches are in samples.jsonl now
+        shutil.rmtree(partial)
     if rt.is_main:  # labels (the sandbox's) and done.json, while the others wait
         samples = [obj for _, obj in read_jsonl(samples_path)]
         if label == "sandbox":
