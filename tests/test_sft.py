@@ -145,21 +145,26 @@ def test_select_by_reward_model_writes_table_and_installs_best_epoch(
     assert same_weights(weights(out), weights(out / "epochs" / f"{best:02d}"))
 
 
+# 5 train + 2 valid batches per epoch at batch size 8. Crash in epoch 2, two steps after the
+# epoch-1 checkpoint; or in epoch 1, a step after the checkpoint of step 3 (checkpoint_every
+# 3): either way metrics.jsonl holds a row the checkpoint does not.
+@pytest.mark.parametrize("sets,crash_call,last_row,ckpt_step", [
+    ([], 9, 6, 5), (["sft.checkpoint_every=3"], 5, 4, 3)], ids=["epoch end", "mid-epoch"])
 def test_resume_after_crash_matches_uninterrupted_run(tiny_run, make_cfg, tiny_model_dir,
-                                                      monkeypatch):
-    cfg = make_cfg("sft.epochs=2")  # dropout 0.2 stays on: the RNG state must resume too
+                                                      monkeypatch, sets, crash_call, last_row,
+                                                      ckpt_step):
+    cfg = make_cfg("sft.epochs=2", *sets)  # dropout 0.2 stays on: the RNG state must resume too
     other = tiny_run.parent / "uninterrupted"
     shutil.copytree(tiny_run / "data", other / "data")
     sft.train(cfg, RunDir(other), tiny_model_dir)
 
-    # Crash in epoch 2, two steps after the epoch-1 checkpoint (5 train + 2 valid batches
-    # per epoch at batch size 8), so metrics.jsonl holds a row the checkpoint does not.
-    real_loss = crash_on_call(monkeypatch, sft, "sft_loss", 9)
+    real_loss = crash_on_call(monkeypatch, sft, "sft_loss", crash_call)
     with pytest.raises(Crash):
         sft.train(cfg, RunDir(tiny_run), tiny_model_dir)
     out = tiny_run / "sft"
     assert (out / "checkpoint" / "state.pt").exists() and not RunDir(tiny_run).is_done("sft")
-    assert max(r["step"] for r in read_metrics(out / "metrics.jsonl")) == 6
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["step"] == ckpt_step
+    assert max(r["step"] for r in read_metrics(out / "metrics.jsonl")) == last_row
     monkeypatch.setattr(sft, "sft_loss", real_loss)
     sft.train(cfg, RunDir(tiny_run), tiny_model_dir)
 

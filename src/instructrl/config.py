@@ -152,10 +152,13 @@ class SFTConfig:
     """Fraction of pretraining examples mixed in (App. C.3 RL init: 2 epochs with 0.1)."""
     select_prompts: int = 64
     """Validation prompts sampled per epoch checkpoint for selection by RM score."""
+    checkpoint_every: int = 200
+    """Steps between resumable checkpoints inside an epoch (each epoch's end has one)."""
     seed: int = 0
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "sft.epochs", "must be >= 1")
+        _check(self.checkpoint_every >= 1, "sft.checkpoint_every", "must be >= 1")
         _check(0 <= self.dropout < 1, "sft.dropout", "must be in [0, 1)")
         _check(0 <= self.ptx_fraction < 1, "sft.ptx_fraction", "must be in [0, 1)")
         _check(self.micro_batch_size is None or 1 <= self.micro_batch_size <= self.batch_size,

@@ -1,6 +1,6 @@
 """Stage 1: supervised fine-tuning on labeler demonstrations (paper section 3.5, App. C.1).
 
-    instructrl sft --out RUN [--init DIR]          train, one checkpoint per epoch
+    instructrl sft --out RUN [--init DIR]          train, one model per epoch
     instructrl sft select --out RUN --rm RUN/rm    pick the epoch by reward-model score
 
 The loss is taken on response tokens only. Paper defaults: 16 epochs, cosine decay to 10 % of
@@ -157,12 +157,13 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, *, stage: str = "sft",
     prec = precision(cfg.model, device)
     ckpt = Checkpoint(out)
     state = resume_training_state(ckpt, model, opt, sched, prec)
-    start_epoch = 0 if state is None else state["epoch"]
+    # (a checkpoint of an older version holds the epoch only: it was taken at its end)
+    step = 0 if state is None else state.get("step", state["epoch"] * steps_per_epoch)
+    start_epoch, skip = divmod(step, steps_per_epoch)
     if state is not None and rt.is_main:
-        print(f"{stage}: resuming after epoch {start_epoch} from {ckpt.path}")
-    seed_process(c.seed, start_epoch)
-    log = MetricsLog(out / "metrics.jsonl", resume_step=start_epoch * steps_per_epoch,
-                     enabled=rt.is_main)
+        print(f"{stage}: resuming at step {step} (epoch {start_epoch + 1}) from {ckpt.path}")
+    seed_process(c.seed, step)
+    log = MetricsLog(out / "metrics.jsonl", resume_step=step, enabled=rt.is_main)
     if rt.is_main:
         atomic_write_text(out / "init.json", json.dumps({"init": str(init)}) + "\n")
     pad = tokenizer.pad_token_id
@@ -173,21 +174,24 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, *, stage: str = "sft",
 
     for _ in range(start_epoch):  # replay the shuffles of finished epochs
         batches(train_ex, c.batch_size, order, length=seq_len)
-    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc=stage, unit="step",
-               disable=not rt.is_main)
+    bar = tqdm(total=total, initial=step, desc=stage, unit="step", disable=not rt.is_main)
     for epoch in range(start_epoch, c.epochs):
         model.train()
-        for chunk in batches(train_ex, c.batch_size, order, length=seq_len):
+        plan = batches(train_ex, c.batch_size, order, length=seq_len)
+        for chunk in plan[skip if epoch == start_epoch else 0:]:
             stats = train_step(model, opt, sched, chunk, pad, micro, device, prec)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{stats['loss/sft']:.3f}")
             log.write({"step": bar.n, "epoch": epoch + 1, "lr": sched.get_last_lr()[0], **stats})
+            if bar.n % c.checkpoint_every == 0 and bar.n % steps_per_epoch:
+                save_training_state(ckpt, model, opt, sched, prec, epoch=epoch, step=bar.n)
+                rt.barrier()
         val = eval_loss(model, valid_ex, pad, micro, device, prec) if valid_ex else float("nan")
         log.write({"step": bar.n, "epoch": epoch + 1, "val/loss": val})
         weights = rt.full_state(model)  # (gathered from the shards under FSDP)
         if rt.is_main:
             save_epoch(cfg, model, tokenizer, epoch_dir(out, epoch + 1), weights)
-        save_training_state(ckpt, model, opt, sched, prec, epoch=epoch + 1)
+        save_training_state(ckpt, model, opt, sched, prec, epoch=epoch + 1, step=bar.n)
         rt.barrier()
     bar.close()
     if rt.is_main:
