@@ -84,11 +84,26 @@ def test_rm_generalisation_reads_the_named_rm_and_counts_the_gap(tmp_path):
     assert g["agreement"] == pytest.approx(10 / 17) and g["agreement_pairs"] == 17
     assert g["gap_points"] == pytest.approx(100 * (10 / 17 - 0.75))
     assert g["train_vs_train"] == labeler_agreement(cfg, run)["train_vs_train"][0]
-    # 300 of 400 pairs right: p +- 1.96 * sample sd / sqrt(n), sample sd over n - 1.
+    # An eval.json without per-ranking counts: 300 of 400 pairs right, pairs as draws:
+    # p +- 1.96 * sample sd / sqrt(n), sample sd over n - 1.
     half = 1.96 * math.sqrt(0.75 * 0.25 * 400 / 399) / math.sqrt(400)
     assert g["ci"] == [pytest.approx(0.75 - half), pytest.approx(0.75 + half)]
+    assert g["ci_draws"] == "pairs"
     with pytest.raises(InputError, match="eval.json"):
         rm_generalisation(cfg, run)  # RUN/rm does not exist
+
+
+def test_rm_interval_takes_rankings_as_draws(tmp_path):
+    # 3 rankings of 6 pairs: all right, all right, none right (12 of 18). By hand: p = 2/3,
+    # cluster residuals h - p n = 2, 2, -4; variance 3/2 * 24 / 18^2 = 1/9, sd 1/3.
+    per_ranking = [[6, 6], [6, 6], [0, 6]]
+    cfg, run = make_run(tmp_path, [SAME], rm_eval={"heldout_labelers": {"all": {
+        "accuracy": 12 / 18, "pairs": 18, "rankings": per_ranking}}})
+    g = rm_generalisation(cfg, run)
+    assert g["ci_draws"] == "rankings"
+    assert g["ci"] == [pytest.approx(2 / 3 - 1.96 / 3), pytest.approx(2 / 3 + 1.96 / 3)]
+    # far wider than the same 18 pairs taken as independent draws
+    assert g["ci"][1] - g["ci"][0] > 2 * 2 * 1.96 * math.sqrt(2 / 9 * 18 / 17 / 18)
 
 
 def test_a_run_without_heldout_rankings_is_refused(tmp_path):

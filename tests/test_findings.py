@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from instructrl.evaluate.stats import proportion_ci
+from instructrl.evaluate.stats import clustered_ratio_ci, mean_ci, proportion_ci
 
 from instructrl.evaluate import findings as F
 from instructrl.rundir import RunDir
@@ -72,6 +72,13 @@ def test_proportion_ci_is_wilsons():
     low, high = proportion_ci(0.5, 100)
     assert (low, high) == pytest.approx((0.4038, 0.5962), abs=1e-4)
     assert all(x != x for x in proportion_ci(0.5, 0))
+
+
+def test_clustered_interval_of_single_item_clusters_is_the_plain_one():
+    # Clusters of one item each: the cluster-robust interval is mean_ci's over the items.
+    items = [1.0] * 30 + [0.0] * 20
+    assert clustered_ratio_ci([(x, 1) for x in items]) == pytest.approx(list(mean_ci(items)[1:]))
+    assert all(x != x for x in clustered_ratio_ci([(3, 4)]))  # one cluster: no interval
 
 
 def test_every_row_reads_its_figure_and_applies_its_rule():

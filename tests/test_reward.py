@@ -182,6 +182,7 @@ def test_eval_json_reports_pairwise_accuracy_on_valid_and_heldout_labelers(
 
     # Recount each accuracy from the saved RM, one ranking at a time.
     want: dict[str, dict[str, list[int]]] = {"valid": {}, "heldout_labelers": {}}
+    per_ranking: dict[str, list[list[int]]] = {"valid": [], "heldout_labelers": []}
     for r in run.rankings():
         p = prompts[r.prompt_id]
         name = "heldout_labelers" if r.labeler_id == "l9" else (
@@ -197,9 +198,12 @@ def test_eval_json_reports_pairwise_accuracy_on_valid_and_heldout_labelers(
             for w, l in r.pairs():
                 h[0] += s[w] > s[l]
                 h[1] += 1
+        if r.pairs():
+            per_ranking[name].append([sum(s[w] > s[l] for w, l in r.pairs()), len(r.pairs())])
     for name in ("valid", "heldout_labelers"):
         got = results[name]
         assert set(got) == {"all", "open_qa", "generation"}
+        assert sorted(got["all"].pop("rankings")) == sorted(per_ranking[name])
         for key, (hits, n) in want[name].items():
             assert got[key]["pairs"] == n
             assert got[key]["accuracy"] == pytest.approx(hits / n)

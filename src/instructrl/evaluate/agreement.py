@@ -20,8 +20,10 @@ agreement. The agreement is no hard ceiling: an RM averages its labelers' noise 
 can predict a labeler better than a single other labeler does.
 
 The agreement is counted on the run's rankings as they are now; an RM of an earlier round
-was evaluated on the rankings of its time. Pairs of one ranking are not independent, so the
-normal interval on the RM's accuracy (pairs as draws) is narrower than the truth.
+was evaluated on the rankings of its time. Pairs of one ranking are not independent: the
+interval on the RM's accuracy takes rankings as the draws (`stats.clustered_ratio_ci`); an
+RM evaluated before per-ranking counts were kept gets the narrower interval with pairs as
+draws, and says so ("ci_draws").
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import json
 from collections import defaultdict
 
 from instructrl.errors import InputError
-from instructrl.evaluate.stats import mean_ci
+from instructrl.evaluate.stats import clustered_ratio_ci, mean_ci
 
 
 def rate(agree: int, total: int) -> float | None:
@@ -90,8 +92,8 @@ def rm_generalisation(cfg, run, rm_stage: str = "rm") -> dict:
     """The RM of RUN/<rm_stage> on held-out labelers vs the inter-labeler agreement:
     {"rm", "rm_heldout_accuracy", "rm_heldout_pairs", "agreement" (held-out vs training
     labelers), "agreement_pairs", "train_vs_train", "gap_points" (100 * (agreement - RM
-    accuracy)), "ci" (95 % normal interval on the RM accuracy)}. InputError when the run has
-    no held-out labelers' rankings to measure either on."""
+    accuracy)), "ci" (95 % interval on the RM accuracy), "ci_draws" (rankings or pairs)}.
+    InputError when the run has no held-out labelers' rankings to measure either on."""
     path = run.stage(rm_stage) / "eval.json"
     if not path.exists():
         raise InputError(f"no evaluation of reward model {rm_stage!r}: train it first "
@@ -109,12 +111,15 @@ def rm_generalisation(cfg, run, rm_stage: str = "rm") -> dict:
                          "(sandbox runs only, with collect.heldout_share > 0)",
                          path=str(run.data / "rankings.jsonl"))
     acc, n = float(held["accuracy"]), int(held["pairs"])
-    right = round(acc * n)
-    _, lo, hi = mean_ci([1.0] * right + [0.0] * (n - right))
+    if held.get("rankings"):
+        ci, draws = clustered_ratio_ci(held["rankings"]), "rankings"
+    else:
+        right = round(acc * n)
+        ci, draws = list(mean_ci([1.0] * right + [0.0] * (n - right))[1:]), "pairs"
     return {"rm": rm_stage, "rm_heldout_accuracy": acc, "rm_heldout_pairs": n,
             "agreement": ceiling, "agreement_pairs": n_agree,
             "train_vs_train": agree["train_vs_train"][0],
-            "gap_points": 100 * (ceiling - acc), "ci": [lo, hi]}
+            "gap_points": 100 * (ceiling - acc), "ci": ci, "ci_draws": draws}
 
 
 def generalisation_line(g: dict, scale: str = "this run's") -> str:

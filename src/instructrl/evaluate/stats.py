@@ -29,6 +29,20 @@ def proportion_ci(p: float, n: int, z: float = 1.96) -> list[float]:
     return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
+def clustered_ratio_ci(parts: list[tuple[float, float]], z: float = 1.96) -> list[float]:
+    """95 % normal interval [low, high] of sum(hits) / sum(n) over clusters of (hits, n),
+    with the cluster-robust (linearised ratio) variance: items of one cluster (the pairs of
+    one ranking) count as dependent, clusters as independent draws."""
+    g = len(parts)
+    total = sum(n for _, n in parts)
+    if g < 2 or not total:
+        return [float("nan"), float("nan")]
+    p = sum(h for h, _ in parts) / total
+    var = g / (g - 1) * sum((h - p * n) ** 2 for h, n in parts) / total ** 2
+    half = z * math.sqrt(var)
+    return [p - half, p + half]
+
+
 def rate(flags: list[bool]) -> float:
     return sum(flags) / len(flags) if flags else float("nan")
 

@@ -121,19 +121,29 @@ def train_step(model, opt, sched, elements: list[dict], pad_id: int, micro: int,
 
 @torch.no_grad()
 def pairwise_accuracy(model, elements: list[dict], pad_id: int, batch_size: int) -> dict:
-    """Fraction of untied pairs the RM orders as the labeler did: overall and by category."""
+    """Fraction of untied pairs the RM orders as the labeler did: overall and by category.
+    The overall entry also holds [pairs right, pairs] of each ranking ("rankings"), for an
+    interval that counts a ranking's pairs as the dependent draws they are."""
     model.eval()
     hits: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    per_ranking = []
     for chunk in batches(elements, batch_size):
         groups, group, level = flatten(chunk)
         r = score_groups(model, groups, pad_id).tolist()
+        mine = [[0, 0] for _ in chunk]
         for i in range(len(r)):
             for j in range(len(r)):
                 if group[i] == group[j] and level[i] < level[j]:
+                    mine[group[i]][0] += int(r[i] > r[j])
+                    mine[group[i]][1] += 1
                     for key in ("all", chunk[group[i]]["category"]):
                         hits[key][0] += float(r[i] > r[j])
                         hits[key][1] += 1
-    return {k: {"accuracy": h / n, "pairs": int(n)} for k, (h, n) in sorted(hits.items())}
+        per_ranking += [m for m in mine if m[1]]
+    out = {k: {"accuracy": h / n, "pairs": int(n)} for k, (h, n) in sorted(hits.items())}
+    if "all" in out:
+        out["all"]["rankings"] = per_ranking
+    return out
 
 
 @torch.no_grad()
