@@ -23,8 +23,11 @@ stage resumable from its own checkpoint (so a killed reproduce continues where i
 
 The table's figures are read from those steps' results files (`evaluate.findings`), never
 written here. With `--seeds N` the plan runs once per seed in OUT/seed-K and the table pools
-them (win rates outcome by outcome, other figures averaged). Wall time and peak memory of the command are printed and recorded; time spent
-by earlier, interrupted invocations is counted from RUN/reproduce/steps.json.
+them (win rates outcome by outcome, other figures averaged). Wall time and peak memory of
+the command are printed and recorded. Each finished step's time is kept in
+RUN/reproduce/steps.json, so a plan finished over several invocations counts the steps that
+earlier ones finished; a step killed midway counts only the invocation that finished it
+(the time before the kill is not known), and a step redone adds its times together.
 """
 
 from __future__ import annotations
@@ -65,9 +68,13 @@ class Steps:
         print(f"[reproduce] {name} ...", flush=True)
         t0 = time.time()
         out = fn(*args, **kwargs)
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.time() - t0
+        took = time.time() - t0
+        before = self.seconds.get(name, 0.0)  # a step redone (its outputs removed) adds up
+        self.seconds[name] = before + took
         atomic_write_text(self.path, json.dumps(self.seconds, indent=1) + "\n")
-        print(f"[reproduce] {name}: {self.seconds[name]:.0f}s", flush=True)
+        print(f"[reproduce] {name}: {took:.0f}s"
+              + (f" ({self.seconds[name]:.0f}s with its earlier runs)" if before else ""),
+              flush=True)
         return out
 
 
