@@ -188,3 +188,51 @@ def test_a_run_built_stage_by_stage_is_evaluated_from_its_done_stages(tiny_run, 
     assert policies == {"base": "/models/base", "sft": str(tiny_run / "sft"),
                         "ppo-ptx": str(tiny_run / "ppo-ptx-r1"), "ppo": str(tiny_run / "ppo")}
     assert summary["rm"] == "rm-r1"
+
+
+@pytest.mark.parametrize("which", ["real", "sandbox"])
+def test_a_killed_eval_resumes_with_the_policies_it_had_not_finished(
+        which, real_run, sandbox_run, tmp_path, monkeypatch):
+    # Every benchmark (real run: TruthfulQA, toxicity, bias, lm-eval, held-out text and RM;
+    # sandbox run: its judges) for the base model, then a kill while the next policy loads;
+    # the rerun loads only the policies not finished and writes the uninterrupted results.
+    import instructrl.modeling as modeling
+    from conftest import Crash
+
+    if which == "real":
+        run, args = real_run, ["--recipe", str(eval_recipe(tmp_path)),
+                               "--set", f"eval.heldout_rm={tmp_path / 'held-rm'}"]
+        shutil.copytree(real_run / "rm", tmp_path / "held-rm")
+        (run / "rm").rename(run / "rm-own")  # (the run's own RM is not a held-out judge)
+        (run / "pipeline.json").write_text(
+            (run / "pipeline.json").read_text().replace('"rm": "rm"', '"rm": "rm-own"'))
+    else:
+        run, recipe = sandbox_run
+        args = ["--recipe", str(recipe)]
+    assert cli_main(["eval", "--out", str(run), *args]) == 0
+    whole = json.loads((run / "eval" / "results.json").read_text())
+    (run / "eval" / "results.json").unlink()
+
+    real, loads = modeling.load_causal_lm, []
+
+    def load(*a, **kw):
+        loads.append(a[0])
+        if kill and len(loads) == 2:
+            raise Crash
+        return real(*a, **kw)
+
+    monkeypatch.setattr(modeling, "load_causal_lm", load)
+    kill = True
+    with pytest.raises(Crash):
+        cli_main(["eval", "--out", str(run), *args])
+    assert [p.name for p in (run / "eval" / "partial").iterdir()] == ["base.json"]
+    loads.clear()
+    kill = False
+    assert cli_main(["eval", "--out", str(run), *args]) == 0
+    assert len(loads) == len(whole["policies"]) - 1  # every policy but the base model
+    again = json.loads((run / "eval" / "results.json").read_text())
+    for res in (whole, again):
+        res.pop("created")
+        res.pop("seconds")
+    assert again == whole
+    assert not (run / "eval" / "partial").exists()

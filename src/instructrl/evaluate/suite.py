@@ -19,6 +19,9 @@ Each section names its judge; figures of different judges are never pooled. Whic
 and which were skipped (and why) is in `results["judges"]` and printed. Each policy is loaded
 once and every benchmark runs on it before the next is loaded.
 
+An eval killed at any moment resumes with the policies it had not finished: each finished
+policy's figures wait in RUN/eval/partial/ (`evaluate.partial`) until results.json is written.
+
 Under N data-parallel processes (torchrun, accelerate launch) every process loads every model
 and runs this whole function; each benchmark's batches of generations and likelihoods are
 shared out and gathered (`evaluate.lm.each_batch`, `Runtime.map_shard`), batch by batch with
@@ -29,6 +32,7 @@ process alone writes them. lm-eval runs on the main process alone (`lm_tax.lm_ev
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -223,6 +227,7 @@ def evaluate_run(cfg: RunConfig, run: RunDir, timings: str = "", *,
                                                 if s["id"] != "preference"]
         report = write_report(run, results, timings)
         text = f"{summary_text(results)}\nreport: {report}"
+        shutil.rmtree(run.stage("eval") / "partial", ignore_errors=True)  # in results.json now
     rt.barrier()  # the others wait until it has written
     return results, text
 
@@ -278,8 +283,24 @@ def evaluate(cfg: RunConfig, run: RunDir, *, extra_policies: dict[str, str] | No
     samples: dict[str, list[str]] = {}
     per: dict[str, dict] = {n: {} for n in policies}
     timing: dict[str, float] = {}
+    from instructrl.config import dump_config
+    from instructrl.evaluate.partial import PartialResults
+    partial = PartialResults(run.stage("eval") / "partial", dump_config(cfg), sorted(plan.data),
+                             [p.id for p in prompts], [p.id for p in ood])
+    rt = runtime()
+    rt.barrier()  # (every process reads the same partial files)
     for name, spec in tqdm(list(policies.items()), desc="eval", unit="policy",
-                           disable=not runtime().is_main):
+                           disable=not rt.is_main):
+        kept = partial.get(name, spec)
+        if kept is not None:
+            if rt.is_main:
+                log(f"eval: {name}: figures of an earlier, interrupted eval "
+                    f"({partial.folder})")
+            per[name] = kept["per"]
+            samples.update(kept["samples"])
+            ood_samples.update(kept["ood_samples"])
+            timing.update(kept["timing"])
+            continue
         t0 = time.time()
         tok = load_tokenizer(spec, cfg.model)
         model = load_causal_lm(spec, model_cfg=cfg.model).to(device).eval()
@@ -336,6 +357,13 @@ def evaluate(cfg: RunConfig, run: RunDir, *, extra_policies: dict[str, str] | No
         if device.type == "cuda":
             torch.cuda.empty_cache()
         timing[name] = time.time() - t0
+        if rt.is_main:
+            mine = (name, again) if name == base else (name,)
+            partial.put(name, spec, {
+                "per": per[name], "samples": {k: samples[k] for k in mine if k in samples},
+                "ood_samples": {k: ood_samples[k] for k in mine if k in ood_samples},
+                "timing": {k: v for k, v in timing.items()
+                           if k == name or k.startswith(f"{name} ")}})
     res = assemble(cfg, run, policies, plan, prompts, samples, per, sj, timing,
                    time.time() - t_start)
     if sj is not None:
