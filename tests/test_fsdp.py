@@ -101,11 +101,11 @@ def test_deepspeed_configs_shard_and_train_what_one_process_trains(runs, tiny_mo
                        ' "train_batch_size": "auto", "gradient_clipping": 0.5}')
     envs = {"sft": {"ACCELERATE_DEEPSPEED_CONFIG_FILE": str(ds_json)},
             "rm": {"ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}}
-    said = {"sft": f"DeepSpeed ZeRO-3 ({ds_json}) runs as FSDP2 sharding (reshard after "
-                   "forward: yes, CPU offload: yes); DeepSpeed's engine is not used. Set by "
-                   f"the recipe, not by {ds_json}: gradient_clipping",
-            "rm": "DeepSpeed ZeRO-2 (accelerate config) runs as FSDP2 sharding (reshard "
-                  "after forward: no, CPU offload: no)"}
+    said = {"sft": f"DeepSpeed ZeRO-3 ({ds_json}): trained models are sharded with FSDP2 "
+                   "(reshard after forward: yes, CPU offload: yes); DeepSpeed's engine is not "
+                   f"used. Set by the recipe, not by {ds_json}: gradient_clipping",
+            "rm": "DeepSpeed ZeRO-2 (accelerate config): trained models are sharded with FSDP2 "
+                  "(reshard after forward: no, CPU offload: no)"}
     for stage in ("sft", "rm"):
         launch(1, stage_args(stage, r["plain"], recipe, tiny_model_dir, tiny_rm_dir))
         proc = subprocess.run(

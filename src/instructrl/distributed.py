@@ -440,7 +440,7 @@ def deepspeed_note(plan: Sharding | None) -> str:
     if plan is None:
         said = "DeepSpeed ZeRO-0: plain data parallelism, every weight on every process"
     else:
-        said = (f"{plan.asked} runs as FSDP2 sharding (reshard after forward: "
+        said = (f"{plan.asked}: trained models are sharded with FSDP2 (reshard after forward: "
                 f"{'yes' if plan.reshard_after_forward else 'no'}, CPU offload: "
                 f"{'yes' if plan.offload else 'no'}); DeepSpeed's engine is not used")
     ignored = [k for k in _RECIPE_KEYS if k in cfg and cfg[k] != "auto"]
