@@ -453,7 +453,9 @@ def run_worker(side: str, spec, python: Path, args, models: Path, k: int,
     threads = SHAPES[args.config]["threads"]
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    env["PYTHONPATH"] = src or ""
+    # this side's source tree first; a PYTHONPATH given to the driver (carried wheels, say)
+    # after it
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (src, os.environ.get("PYTHONPATH")) if x)
     env["TOKENIZERS_PARALLELISM"] = "false"
     busy = wait_for_idle(args, deadline)
     load = load_average()
@@ -475,6 +477,7 @@ def summarise(results: list[dict], shape: dict) -> dict:
                                                                   "training")}
     s = median(it)
     out = {"s_per_iteration": s, "samples_per_s": shape["batch"] / s,
+           "generation_s": median(parts["generation"]),
            "first_iteration_s": median([r["iteration"][0] for r in results]),
            "cpu_s_per_iteration": median([x for r in results for x in r["cpu"][1:]]),
            "generated_tok_per_s": shape["batch"] * shape["response"] / median(parts["generation"]),
@@ -486,6 +489,39 @@ def summarise(results: list[dict], shape: dict) -> dict:
     if "peak_gpu_gib" in results[0]:
         out["peak_gpu_gib"] = max(r["peak_gpu_gib"] for r in results)
     return out
+
+
+def copy_bandwidth() -> float:
+    """The GPU's device-to-device copy bandwidth in bytes/s, counting bytes read and written
+    (the bandwidth ../shared/BENCH.md's generation floor is computed from)."""
+    import torch
+    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    return 2 * x.numel() * 10 / (time.perf_counter() - t0)
+
+
+def generation_floor(shape: dict, bandwidth: float) -> float:
+    """Seconds a rollout's decoding takes at least (../shared/BENCH.md): each of the
+    `response` steps reads every weight of the policy once, in bf16, and the KV cache of the
+    batch written so far, at `bandwidth` (bytes/s). 0.173 s for gpu-1b at 3.0 TB/s."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**shape["llama"])
+    with torch.device("meta"):
+        n = sum(p.numel() for p in LlamaForCausalLM(cfg).parameters())
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 2
+    batch, query = shape["batch"], shape["query"]
+    total = sum(2 * n + kv_per_token * batch * (query + t) for t in range(shape["response"]))
+    return total / bandwidth
 
 
 def main() -> int:
@@ -512,6 +548,9 @@ def main() -> int:
     p.add_argument("--wait", type=float, default=0,
                    help="seconds the whole bench may spend waiting for an idle machine")
     p.add_argument("--trl-venv", default=str(ROOT / "runs" / "trl-venv"))
+    p.add_argument("--trl-python", default=None,
+                   help="a Python that already imports trl 0.29.0 (a machine without pip "
+                        "access, such as bench/gpu_checks.sh's): used instead of --trl-venv")
     p.add_argument("--ours-src", default=str(ROOT / "src"),
                    help="the instructrl source tree the ours/compiled sides import")
     # worker mode (internal)
@@ -535,7 +574,8 @@ def main() -> int:
     models = build_shape(args.config, ROOT / "runs" / "bench-ppo" / args.config / "models")
     pythons = {"ours": Path(sys.executable)}
     if "trl" in sides:
-        pythons["trl"] = trl_python(Path(args.trl_venv))
+        pythons["trl"] = (Path(args.trl_python) if args.trl_python
+                          else trl_python(Path(args.trl_venv)))
     pythons.update({s: pythons["ours"] for s in sides if s != "trl"})
     deadline = time.time() + args.wait
     results: dict[str, list[dict]] = {s: [] for s in sides}
@@ -595,6 +635,13 @@ def main() -> int:
             print(f"optimizer steps per iteration: ours {ours['optimizer_steps']} (one per "
                   f"minibatch, App. C.4), TRL {t['optimizer_steps']} (its accelerator."
                   "accumulate over gradient_accumulation_steps = batch / micro)")
+    if "peak_gpu_gib" in summary[sides[0]]:
+        bw = copy_bandwidth()
+        floor = generation_floor(shape, bw)
+        print(f"generation floor at batch {shape['batch']}: {floor:.3f} s (copy bandwidth "
+              f"{bw / 1e12:.2f} TB/s, read + written); rollout generation per iteration: "
+              + ", ".join(f"{s} {summary[s]['generation_s']:.2f} s = "
+                          f"{summary[s]['generation_s'] / floor:.1f}x the floor" for s in sides))
     for s in sides:
         prof = results[s][0].get("profile")
         if prof:
