@@ -48,7 +48,7 @@ def test_a_repeated_prompt_gets_its_own_k_new_responses(tiny_model_dir, make_cfg
 
 
 def test_an_interrupted_collect_samples_only_the_batches_it_lacks(tiny_model_dir, make_cfg,
-                                                                  tmp_path, monkeypatch):
+                                                                  tmp_path, monkeypatch, capsys):
     import instructrl.generation as generation
 
     c = make_cfg("collect.k=3", "collect.max_new_tokens=6", "collect.batch_size=4").collect
@@ -76,6 +76,7 @@ def test_an_interrupted_collect_samples_only_the_batches_it_lacks(tiny_model_dir
     assert collect_samples({"sft": tiny_model_dir}, prompts, c, seed=1,
                            progress=partial) == whole
     assert len(calls) == 8 - 3
-    calls.clear()  # other settings (here the seed) reuse nothing
+    calls.clear()  # other settings (here the seed) reuse nothing, and say so
     collect_samples({"sft": tiny_model_dir}, prompts, c, seed=2, progress=partial)
     assert len(calls) == 8
+    assert "hold batches of another model, settings or prompts" in capsys.readouterr().out

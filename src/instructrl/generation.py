@@ -56,6 +56,9 @@ def sample_texts(model, tokenizer, prompt_texts: list[str], *, max_prompt_tokens
 
     starts = list(enumerate(range(0, len(prompt_texts), batch_size)))
     done = dict(log.done) if log is not None else {}
+    if log is not None and log.other_keys and rt.is_main:
+        print(f"{desc or 'sampling'}: {log.other_keys} file(s) in {progress} hold batches of "
+              f"another model, settings or prompts: sampled again", flush=True)
     if done and rt.is_main:
         print(f"{desc or 'sampling'}: {len(done)} of {len(starts)} batches were sampled "
               f"before; sampling the other {len(starts) - len(done)}", flush=True)
