@@ -11,9 +11,11 @@
 #
 # Steps, most valuable first:
 #   env.txt        nvidia-smi, python, torch and transformers versions
-#   tests.txt      the training stages' tests on CUDA (every stage picks the GPU when there
-#                  is one): SFT, RM and PPO resume after a crash (the EMA and every restored
-#                  state back on the model's device), bf16 autocast, fp16 loss scaling, LoRA
+#   tests.txt      the one-process tests of the training stages on CUDA (every stage picks
+#                  the GPU when there is one; 109 tests, 30 s on 2 CPU cores): SFT, RM and PPO
+#                  resume after a crash (the EMA and every restored state back on the model's
+#                  device), bf16 autocast, fp16 loss scaling, LoRA, the static KV cache and
+#                  compiled decode step, collect, pretraining
 #   ppo-160m.txt   bench/ppo_throughput.py --config gpu-160m, ours and TRL interleaved
 #   ppo-1b.txt     the same on gpu-1b: samples/s ratio, generation against the memory-bandwidth
 #                  floor, peak GPU memory (targets in issue 18: >= 4x / 3x TRL, within 2x of
@@ -63,8 +65,9 @@ step() {  # step NAME SECONDS COMMAND...: its output in $OUT/NAME.txt, its exit 
     echo "   exit $rc"
 }
 
-step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_ppo.py tests/test_sft.py \
-    tests/test_reward.py tests/test_precision.py
+step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_ppo.py tests/test_ppo_speed.py \
+    tests/test_rollout.py tests/test_sft.py tests/test_reward.py tests/test_precision.py \
+    tests/test_collect.py tests/test_real_models.py tests/test_modeling.py tests/test_pretrain.py
 step ppo-160m 150 python3 bench/ppo_throughput.py --config gpu-160m --runs 1 --iters 3 \
     --sides "$SIDES" --trl-python python3
 step ppo-1b 200 python3 bench/ppo_throughput.py --config gpu-1b --runs 1 --iters 3 \
