@@ -28,11 +28,16 @@ def fsdp_env(strategy: str = "FULL_SHARD") -> dict:
     return {**env(), "ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": strategy}
 
 
-def launch_fsdp(args: list[str], strategy: str = "FULL_SHARD") -> str:
-    proc = subprocess.run(command(2, args), env=fsdp_env(strategy), text=True,
+def launch_two(args: list[str], environment: dict) -> str:
+    """2 processes under torchrun with `environment` (what a launcher exports); the output."""
+    proc = subprocess.run(command(2, args), env=environment, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:]
     return proc.stdout
+
+
+def launch_fsdp(args: list[str], strategy: str = "FULL_SHARD") -> str:
+    return launch_two(args, fsdp_env(strategy))
 
 
 @pytest.fixture
@@ -108,12 +113,9 @@ def test_deepspeed_configs_shard_and_train_what_one_process_trains(runs, tiny_mo
                   "(reshard after forward: no, CPU offload: no)"}
     for stage in ("sft", "rm"):
         launch(1, stage_args(stage, r["plain"], recipe, tiny_model_dir, tiny_rm_dir))
-        proc = subprocess.run(
-            command(2, stage_args(stage, r["fsdp"], recipe, tiny_model_dir, tiny_rm_dir)),
-            env={**env(), "ACCELERATE_USE_DEEPSPEED": "true", **envs[stage]}, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:]
-        assert said[stage] in proc.stdout and "sharded over 2 processes" in proc.stdout
+        out = launch_two(stage_args(stage, r["fsdp"], recipe, tiny_model_dir, tiny_rm_dir),
+                         {**env(), "ACCELERATE_USE_DEEPSPEED": "true", **envs[stage]})
+        assert said[stage] in out and "sharded over 2 processes" in out
         compare_rows(read_metrics(r["plain"] / stage / "metrics.jsonl"),
                      read_metrics(r["fsdp"] / stage / "metrics.jsonl"), stage)
         same_weights(r["plain"] / stage, r["fsdp"] / stage)

@@ -130,16 +130,18 @@ def pairwise_accuracy(model, elements: list[dict], pad_id: int, batch_size: int)
     for chunk in batches(elements, batch_size):
         groups, group, level = flatten(chunk)
         r = score_groups(model, groups, pad_id).tolist()
-        mine = [[0, 0] for _ in chunk]
+        mine = [[0, 0] for _ in chunk]  # [right, pairs] of each ranking of the chunk
         for i in range(len(r)):
             for j in range(len(r)):
                 if group[i] == group[j] and level[i] < level[j]:
                     mine[group[i]][0] += int(r[i] > r[j])
                     mine[group[i]][1] += 1
-                    for key in ("all", chunk[group[i]]["category"]):
-                        hits[key][0] += float(r[i] > r[j])
-                        hits[key][1] += 1
-        per_ranking += [m for m in mine if m[1]]
+        for element, (right, n) in zip(chunk, mine):
+            if n:
+                per_ranking.append([right, n])
+                for key in ("all", element["category"]):
+                    hits[key][0] += right
+                    hits[key][1] += n
     out = {k: {"accuracy": h / n, "pairs": int(n)} for k, (h, n) in sorted(hits.items())}
     if "all" in out:
         out["all"]["rankings"] = per_ranking
