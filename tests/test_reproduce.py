@@ -30,7 +30,7 @@ from test_pipeline import ENV, RECIPE
 RECIPE_EXTRA = """\
 data: {heldout_categories: [rewrite], heldout_styles: [few-shot]}
 eval: {n_prompts: 24, max_new_tokens: 8, max_prompt_tokens: 200, n_samples: 2, n_tax: 20}
-reproduce: {big_base: "{base}", choose: ["ppo.lr=0.001,0.002"], choose_episodes: 32}
+reproduce: {big_base: "{base}", choose: ["ppo.lr=0.001,0.002"], choose_episodes: 0}
 """
 
 
@@ -105,6 +105,14 @@ def test_reproduce_measures_every_row_and_resumes_after_a_kill(recipe):
     assert load_config(out / "config.yaml").ppo.lr == chosen
     for stage in ("choose-lr0.001", "choose-lr0.002"):
         assert (out / stage / "done.json").exists()
+    # chosen at the recipe's budget: the chosen candidate is the PPO-ptx stage, not retrained
+    best = next(r["stage"] for r in choice["rows"] if r["settings"] == choice["best"])
+    assert choice["episodes"] == load_config(recipe).ppo.episodes
+    assert json.loads((out / "ppo-ptx" / "done.json").read_text())["adopted_from"] == best
+    assert (out / "ppo-ptx" / "metrics.jsonl").read_text() == \
+        (out / best / "metrics.jsonl").read_text()
+    assert sorted(p.name for p in (out / "ppo-ptx" / "snapshots").iterdir()) == \
+        sorted(p.name for p in (out / best / "snapshots").iterdir()) != []
     # held-out category and style never reached a training set
     prompts = [json.loads(line) for line in (out / "data" / "prompts.jsonl").open()]
     ood = {x["id"] for x in prompts if x["split"] == "ood"}
@@ -121,6 +129,35 @@ def test_reproduce_measures_every_row_and_resumes_after_a_kill(recipe):
     assert again.returncode == 0 and again.stdout.count("done already") >= 8, again.stdout
     assert [r["measured"] for r in json.loads((out / "reproduce.json").read_text())["rows"]] \
         == [r["measured"] for r in report["rows"]]
+
+
+def test_adopt_takes_only_a_candidate_trained_at_the_recipes_budget(tmp_path):
+    from instructrl.rundir import RunDir
+    from instructrl.stages.choose import adopt
+
+    cfg = load_config(None, ["ppo.episodes=640"])
+    run = RunDir(tmp_path)
+    rows = [{"settings": ["ppo.lr=1"], "stage": "choose-lr1"},
+            {"settings": ["ppo.lr=2"], "stage": "choose-lr2"}]
+    for r in rows:
+        (run.stage(r["stage"]) / "snapshots" / "iter-00001").mkdir(parents=True)
+        (run.stage(r["stage"]) / "checkpoint").mkdir()
+        run.mark_done(r["stage"], ptx_coef=1.0)
+        (run.stage(r["stage"]) / "metrics.jsonl").write_text(r["stage"])
+    choice = run.root / "choose" / "choice.json"
+    choice.parent.mkdir()
+    choice.write_text(json.dumps({"episodes": 32, "rows": rows, "best": ["ppo.lr=2"]}))
+    assert not adopt(cfg, run) and not run.stage("ppo-ptx").exists()  # chosen on short runs
+    choice.write_text(json.dumps({"episodes": 640, "rows": rows, "best": ["ppo.lr=2"]}))
+    (run.stage("ppo-ptx") / "checkpoint").mkdir(parents=True)  # a killed run of the stage
+    (run.root / "ppo-ptx.adopting").mkdir()  # a killed copy
+    assert adopt(cfg, run)
+    assert (run.stage("ppo-ptx") / "metrics.jsonl").read_text() == "choose-lr2"
+    assert run.done_info("ppo-ptx")["adopted_from"] == "choose-lr2"
+    assert (run.stage("ppo-ptx") / "snapshots" / "iter-00001").is_dir()
+    assert not (run.stage("ppo-ptx") / "checkpoint").exists()
+    assert not (run.root / "ppo-ptx.adopting").exists()
+    assert not adopt(cfg, run)  # done already: kept as it is
 
 
 def test_choose_grid_combinations_names_and_errors():

@@ -8,7 +8,8 @@ stage resumable from its own checkpoint (so a killed reproduce continues where i
   pipeline        data (one category and one style held out of training: the "ood" split),
                   SFT, collect, RM, then
   choose          PPO's settings among reproduce.choose, on validation prompts judged by the
-                  training labelers (stages/choose.py), when the recipe asks, then
+                  training labelers (stages/choose.py), when the recipe asks; chosen at the
+                  recipe's budget, the chosen candidate is the PPO-ptx stage; then
   pipeline        PPO-ptx and PPO with them (policy snapshots along the way)
   ppo-nokl        PPO from SFT with the KL penalty off (reproduce.overopt_kl_coef)
   sft-public      SFT on the corpus's public NLP tasks in instruction form (FLAN / T0)
@@ -122,6 +123,9 @@ def measure(cfg: RunConfig, out: Path) -> tuple[dict, dict, Steps]:
               f"labelers: {' '.join(best)}", flush=True)
         cfg = choose.with_settings(cfg, best)
         write_run_config(run, cfg, "reproduce")
+        if choose.adopt(cfg, run):
+            print(f"[reproduce] ppo-ptx: the chosen candidate, trained at the recipe's "
+                  f"budget ({cfg.ppo.episodes} episodes), is the PPO-ptx stage", flush=True)
     steps.run("pipeline", finished, run_pipeline, cfg, run.root)
     summary = json.loads((run.root / "pipeline.json").read_text())
     sft_dir, first_rm = run.stage("sft"), run.stage("rm")

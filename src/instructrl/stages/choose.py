@@ -10,6 +10,12 @@ win rate (on an exact tie, the first in the grid's order) is kept in RUN/choose/
 with every candidate's figures. A candidate
 already trained is not trained again, and a killed candidate resumes from its checkpoint,
 like any PPO stage. Sandbox runs only (its labelers judge).
+
+Short runs favour settings that move fast, and those can over-optimise the reward model over
+the recipe's whole budget (measured on `instructrl reproduce`: chosen on 2,400 episodes, the
+9,600-episode run lost to SFT). Chosen at the recipe's own budget (`episodes` 0), each
+candidate is exactly the recipe's PPO-ptx stage with its settings, snapshots included, so
+`adopt` makes the chosen one RUN/ppo-ptx instead of training it again.
 """
 
 from __future__ import annotations
@@ -74,9 +80,10 @@ def choose(cfg: RunConfig, run: RunDir, grid, *, episodes: int = 0, samples: int
     baseline = draw(sft_dir, "sft")
     rows = []
     for combo in tqdm(combinations(grid), desc="choose", unit="setting"):
-        ccfg = with_settings(cfg, combo)  # (no snapshots: only the final policy is judged)
-        ccfg = dataclasses.replace(ccfg, ppo=dataclasses.replace(
-            ccfg.ppo, episodes=episodes or ccfg.ppo.episodes, snapshot_every=0))
+        ccfg = with_settings(cfg, combo)
+        if episodes and episodes != cfg.ppo.episodes:  # a short run: only its end is judged
+            ccfg = dataclasses.replace(ccfg, ppo=dataclasses.replace(
+                ccfg.ppo, episodes=episodes, snapshot_every=0))
         name = stage_name(combo)
         if not run.is_done(name):
             ppo.train(ccfg, run, init=sft_dir, ref=sft_dir, rm=rm_dir, value=rm_dir,
@@ -100,3 +107,25 @@ def choose(cfg: RunConfig, run: RunDir, grid, *, episodes: int = 0, samples: int
               f"{w['high']:.3f}]  RM score {r['rm_score']:.3f}  KL {r['kl']:.2f}"
               + ("  <- chosen" if r is best else ""), flush=True)
     return out
+
+
+def adopt(cfg: RunConfig, run: RunDir, stage: str = "ppo-ptx") -> bool:
+    """Make the chosen candidate RUN/`stage` when it was trained at the recipe's own budget
+    (then it is that stage: same settings, start, reward model and seed); False, and nothing
+    done, when the choice was made on shorter runs or `stage` is done already. Copied whole
+    to a temporary directory, then renamed: a kill leaves no half stage behind."""
+    import shutil
+
+    choice = json.loads((run.root / "choose" / "choice.json").read_text())
+    if run.is_done(stage) or choice["episodes"] != cfg.ppo.episodes:
+        return False
+    best = next(r for r in choice["rows"] if r["settings"] == choice["best"])
+    src, dst = run.stage(best["stage"]), run.stage(stage)
+    tmp = dst.with_name(dst.name + ".adopting")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoint"))
+    shutil.rmtree(dst, ignore_errors=True)  # a partial run of it, if any: this one is whole
+    tmp.rename(dst)
+    info = run.done_info(stage)
+    run.mark_done(stage, **{**info, "adopted_from": best["stage"]})
+    return True
