@@ -526,7 +526,8 @@ class ReproduceConfig:
     "ppo.kl_coef=0.02,0.1"]; judged on validation prompts by the training labelers
     (stages/choose.py). Empty: the recipe's settings as they are."""
     choose_episodes: int = 0
-    """PPO episodes of each candidate while choosing; 0: ppo.episodes."""
+    """PPO episodes of each candidate while choosing; 0: ppo.episodes, and the chosen
+    candidate is then the PPO-ptx stage itself (not trained again)."""
 
     def validate(self) -> None:
         _check(self.overopt_kl_coef >= 0, "reproduce.overopt_kl_coef", "must be >= 0")
