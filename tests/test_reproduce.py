@@ -107,7 +107,7 @@ def test_reproduce_measures_every_row_and_resumes_after_a_kill(recipe):
         assert (out / stage / "done.json").exists()
     # chosen at the recipe's budget: the chosen candidate is the PPO-ptx stage, not retrained
     best = next(r["stage"] for r in choice["rows"] if r["settings"] == choice["best"])
-    assert choice["episodes"] == load_config(recipe).ppo.episodes
+    assert {r["episodes"] for r in choice["rows"]} == {load_config(recipe).ppo.episodes}
     assert json.loads((out / "ppo-ptx" / "done.json").read_text())["adopted_from"] == best
     assert (out / "ppo-ptx" / "metrics.jsonl").read_text() == \
         (out / best / "metrics.jsonl").read_text()
@@ -137,8 +137,8 @@ def test_adopt_takes_only_a_candidate_trained_at_the_recipes_budget(tmp_path):
 
     cfg = load_config(None, ["ppo.episodes=640"])
     run = RunDir(tmp_path)
-    rows = [{"settings": ["ppo.lr=1"], "stage": "choose-lr1"},
-            {"settings": ["ppo.lr=2"], "stage": "choose-lr2"}]
+    rows = [{"settings": ["ppo.lr=1"], "stage": "choose-lr1", "episodes": 320},
+            {"settings": ["ppo.lr=2"], "stage": "choose-lr2", "episodes": 320}]
     for r in rows:
         (run.stage(r["stage"]) / "snapshots" / "iter-00001").mkdir(parents=True)
         (run.stage(r["stage"]) / "checkpoint").mkdir()
@@ -146,9 +146,10 @@ def test_adopt_takes_only_a_candidate_trained_at_the_recipes_budget(tmp_path):
         (run.stage(r["stage"]) / "metrics.jsonl").write_text(r["stage"])
     choice = run.root / "choose" / "choice.json"
     choice.parent.mkdir()
-    choice.write_text(json.dumps({"episodes": 32, "rows": rows, "best": ["ppo.lr=2"]}))
+    choice.write_text(json.dumps({"rows": rows, "best": ["ppo.lr=2"]}))
     assert not adopt(cfg, run) and not run.stage("ppo-ptx").exists()  # chosen on short runs
-    choice.write_text(json.dumps({"episodes": 640, "rows": rows, "best": ["ppo.lr=2"]}))
+    rows[1]["episodes"] = 640
+    choice.write_text(json.dumps({"rows": rows, "best": ["ppo.lr=2"]}))
     (run.stage("ppo-ptx") / "checkpoint").mkdir(parents=True)  # a killed run of the stage
     (run.root / "ppo-ptx.adopting").mkdir()  # a killed copy
     assert adopt(cfg, run)

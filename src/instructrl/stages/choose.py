@@ -93,7 +93,8 @@ def choose(cfg: RunConfig, run: RunDir, grid, *, episodes: int = 0, samples: int
                              pool=sb.train_labelers).score
                     for i, (p, a, b) in enumerate(zip(prompts, ours, baseline))]
         last = read_metrics(run.stage(name) / "metrics.jsonl")[-5:]
-        rows.append({"settings": combo, "stage": name, "win_rate": win_figure(outcomes),
+        rows.append({"settings": combo, "stage": name, "episodes": ccfg.ppo.episodes,
+                     "win_rate": win_figure(outcomes),
                      "rm_score": sum(r["objective/scores"] for r in last) / len(last),
                      "kl": sum(r["objective/kl"] for r in last) / len(last)})
     best = max(rows, key=lambda r: r["win_rate"]["mean"])
@@ -117,9 +118,9 @@ def adopt(cfg: RunConfig, run: RunDir, stage: str = "ppo-ptx") -> bool:
     import shutil
 
     choice = json.loads((run.root / "choose" / "choice.json").read_text())
-    if run.is_done(stage) or choice["episodes"] != cfg.ppo.episodes:
-        return False
     best = next(r for r in choice["rows"] if r["settings"] == choice["best"])
+    if run.is_done(stage) or best.get("episodes") != cfg.ppo.episodes:
+        return False
     src, dst = run.stage(best["stage"]), run.stage(stage)
     tmp = dst.with_name(dst.name + ".adopting")
     shutil.rmtree(tmp, ignore_errors=True)
