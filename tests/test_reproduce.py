@@ -144,21 +144,18 @@ def test_adopt_takes_only_a_candidate_trained_at_the_recipes_budget(tmp_path):
         (run.stage(r["stage"]) / "checkpoint").mkdir()
         run.mark_done(r["stage"], ptx_coef=1.0)
         (run.stage(r["stage"]) / "metrics.jsonl").write_text(r["stage"])
-    choice = run.root / "choose" / "choice.json"
-    choice.parent.mkdir()
-    choice.write_text(json.dumps({"rows": rows, "best": ["ppo.lr=2"]}))
-    assert not adopt(cfg, run) and not run.stage("ppo-ptx").exists()  # chosen on short runs
+    choice = {"rows": rows, "best": ["ppo.lr=2"]}
+    assert not adopt(cfg, run, choice) and not run.stage("ppo-ptx").exists()  # short runs
     rows[1]["episodes"] = 640
-    choice.write_text(json.dumps({"rows": rows, "best": ["ppo.lr=2"]}))
     (run.stage("ppo-ptx") / "checkpoint").mkdir(parents=True)  # a killed run of the stage
     (run.root / "ppo-ptx.adopting").mkdir()  # a killed copy
-    assert adopt(cfg, run)
+    assert adopt(cfg, run, choice)
     assert (run.stage("ppo-ptx") / "metrics.jsonl").read_text() == "choose-lr2"
     assert run.done_info("ppo-ptx")["adopted_from"] == "choose-lr2"
     assert (run.stage("ppo-ptx") / "snapshots" / "iter-00001").is_dir()
     assert not (run.stage("ppo-ptx") / "checkpoint").exists()
     assert not (run.root / "ppo-ptx.adopting").exists()
-    assert not adopt(cfg, run)  # done already: kept as it is
+    assert not adopt(cfg, run, choice)  # done already: kept as it is
 
 
 def test_choose_grid_combinations_names_and_errors():

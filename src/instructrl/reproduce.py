@@ -118,12 +118,13 @@ def measure(cfg: RunConfig, out: Path) -> tuple[dict, dict, Steps]:
         path = run.root / "choose" / "choice.json"
         steps.run("choose PPO settings", path.exists(), choose.choose, cfg, run,
                   cfg.reproduce.choose, episodes=cfg.reproduce.choose_episodes)
-        best = json.loads(path.read_text())["best"]
+        choice = json.loads(path.read_text())
+        best = choice["best"]
         print(f"[reproduce] PPO settings chosen on validation prompts by the training "
               f"labelers: {' '.join(best)}", flush=True)
         cfg = choose.with_settings(cfg, best)
         write_run_config(run, cfg, "reproduce")
-        if choose.adopt(cfg, run):
+        if choose.adopt(cfg, run, choice):
             print(f"[reproduce] ppo-ptx: the chosen candidate, trained at the recipe's "
                   f"budget ({cfg.ppo.episodes} episodes), is the PPO-ptx stage", flush=True)
     steps.run("pipeline", finished, run_pipeline, cfg, run.root)

@@ -110,14 +110,14 @@ def choose(cfg: RunConfig, run: RunDir, grid, *, episodes: int = 0, samples: int
     return out
 
 
-def adopt(cfg: RunConfig, run: RunDir, stage: str = "ppo-ptx") -> bool:
-    """Make the chosen candidate RUN/`stage` when it was trained at the recipe's own budget
-    (then it is that stage: same settings, start, reward model and seed); False, and nothing
-    done, when the choice was made on shorter runs or `stage` is done already. Copied whole
-    to a temporary directory, then renamed: a kill leaves no half stage behind."""
+def adopt(cfg: RunConfig, run: RunDir, choice: dict, stage: str = "ppo-ptx") -> bool:
+    """Make the candidate `choice` (RUN/choose/choice.json) chose RUN/`stage` when it was
+    trained at the recipe's own budget (then it is that stage: same settings, start, reward
+    model and seed); False, and nothing done, when the choice was made on shorter runs or
+    `stage` is done already. Copied whole to a temporary directory, then renamed: a kill
+    leaves no half stage behind."""
     import shutil
 
-    choice = json.loads((run.root / "choose" / "choice.json").read_text())
     best = next(r for r in choice["rows"] if r["settings"] == choice["best"])
     if run.is_done(stage) or best.get("episodes") != cfg.ppo.episodes:
         return False
