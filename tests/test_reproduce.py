@@ -30,7 +30,8 @@ from test_pipeline import ENV, RECIPE
 RECIPE_EXTRA = """\
 data: {heldout_categories: [rewrite], heldout_styles: [few-shot]}
 eval: {n_prompts: 24, max_new_tokens: 8, max_prompt_tokens: 200, n_samples: 2, n_tax: 20}
-reproduce: {big_base: "{base}", choose: ["ppo.lr=0.001,0.002"], choose_episodes: 0}
+reproduce: {big_base: "{base}", choose: ["ppo.lr=0.001,0.002"], choose_episodes: 0,
+            choose_big: ["sft.lr=0.0003,0.001"]}
 """
 
 
@@ -113,6 +114,18 @@ def test_reproduce_measures_every_row_and_resumes_after_a_kill(recipe):
         (out / best / "metrics.jsonl").read_text()
     assert sorted(p.name for p in (out / "ppo-ptx" / "snapshots").iterdir()) == \
         sorted(p.name for p in (out / best / "snapshots").iterdir()) != []
+    # the larger base's SFT: its lr chosen the same way, the chosen candidate (its epoch
+    # selected by the RM) is RUN/sft-big, and the recipe's own sft.lr is untouched
+    big = json.loads((out / "choose" / "choice-sft-big.json").read_text())
+    assert [r["settings"] for r in big["rows"]] == [["sft.lr=0.0003"], ["sft.lr=0.001"]]
+    assert big["best"] == max(big["rows"], key=lambda r: r["win_rate"]["mean"])["settings"]
+    best = next(r["stage"] for r in big["rows"] if r["settings"] == big["best"])
+    assert json.loads((out / "sft-big" / "done.json").read_text())["adopted_from"] == best
+    assert (out / "sft-big" / "model.safetensors").read_bytes() == \
+        (out / best / "model.safetensors").read_bytes()
+    assert "rm" in json.loads((out / "sft-big" / "selection.json").read_text())
+    assert load_config(out / "config.yaml").sft.lr == load_config(recipe).sft.lr
+    assert "choose sft-big settings" in steps and "sft-big" not in steps
     # held-out category and style never reached a training set
     prompts = [json.loads(line) for line in (out / "data" / "prompts.jsonl").open()]
     ood = {x["id"] for x in prompts if x["split"] == "ood"}
@@ -133,7 +146,7 @@ def test_reproduce_measures_every_row_and_resumes_after_a_kill(recipe):
 
 def test_adopt_takes_only_a_candidate_trained_at_the_recipes_budget(tmp_path):
     from instructrl.rundir import RunDir
-    from instructrl.stages.choose import adopt
+    from instructrl.stages.choose import adopt, at_budget
 
     cfg = load_config(None, ["ppo.episodes=640"])
     run = RunDir(tmp_path)
@@ -145,17 +158,18 @@ def test_adopt_takes_only_a_candidate_trained_at_the_recipes_budget(tmp_path):
         run.mark_done(r["stage"], ptx_coef=1.0)
         (run.stage(r["stage"]) / "metrics.jsonl").write_text(r["stage"])
     choice = {"rows": rows, "best": ["ppo.lr=2"]}
-    assert not adopt(cfg, run, choice) and not run.stage("ppo-ptx").exists()  # short runs
+    assert not at_budget(cfg, choice)  # short runs: not the stage
     rows[1]["episodes"] = 640
+    assert at_budget(cfg, choice)
     (run.stage("ppo-ptx") / "checkpoint").mkdir(parents=True)  # a killed run of the stage
     (run.root / "ppo-ptx.adopting").mkdir()  # a killed copy
-    assert adopt(cfg, run, choice)
+    assert adopt(run, choice, "ppo-ptx")
     assert (run.stage("ppo-ptx") / "metrics.jsonl").read_text() == "choose-lr2"
     assert run.done_info("ppo-ptx")["adopted_from"] == "choose-lr2"
     assert (run.stage("ppo-ptx") / "snapshots" / "iter-00001").is_dir()
     assert not (run.stage("ppo-ptx") / "checkpoint").exists()
     assert not (run.root / "ppo-ptx.adopting").exists()
-    assert not adopt(cfg, run, choice)  # done already: kept as it is
+    assert not adopt(run, choice, "ppo-ptx")  # done already: kept as it is
 
 
 def test_choose_grid_combinations_names_and_errors():
@@ -168,6 +182,9 @@ def test_choose_grid_combinations_names_and_errors():
     for bad in (["sft.lr=1,2"], ["ppo.lr"]):
         with pytest.raises(InputError, match="expected ppo.KEY=V1,V2"):
             combinations(bad)
+    with pytest.raises(InputError, match=r"reproduce.choose_big.*expected sft.KEY"):
+        combinations(["ppo.lr=1"], "sft", "reproduce.choose_big")
+    assert stage_name(["sft.lr=2.0e-3"], "choose-sft-big-") == "choose-sft-big-lr2.0e-3"
     with pytest.raises(InputError, match="kl_coef"):
         with_settings(load_config(None), ["ppo.kl_coef=-1"])
 

@@ -528,6 +528,9 @@ class ReproduceConfig:
     choose_episodes: int = 0
     """PPO episodes of each candidate while choosing; 0: ppo.episodes, and the chosen
     candidate is then the PPO-ptx stage itself (not trained again)."""
+    choose_big: tuple[str, ...] = ()
+    """SFT settings of the larger base's SFT to choose among, as a grid:
+    ["sft.lr=1.0e-3,2.0e-3"]; judged as `choose` is. Empty: the recipe's sft settings."""
 
     def validate(self) -> None:
         _check(self.overopt_kl_coef >= 0, "reproduce.overopt_kl_coef", "must be >= 0")

@@ -13,7 +13,8 @@ stage resumable from its own checkpoint (so a killed reproduce continues where i
   pipeline        PPO-ptx and PPO with them (policy snapshots along the way)
   ppo-nokl        PPO from SFT with the KL penalty off (reproduce.overopt_kl_coef)
   sft-public      SFT on the corpus's public NLP tasks in instruction form (FLAN / T0)
-  sft-big         SFT on a base model 4x larger (reproduce.big_base), when one is named
+  sft-big         SFT on a base model 4x larger (reproduce.big_base), when one is named;
+                  its settings chosen among reproduce.choose_big as PPO's are, when asked
   ... select      their epochs chosen by the RM, as the user SFT's are
   eval            every judge of `instructrl eval`, those SFT models among the policies and
                   PPO-ptx judged against the larger SFT as well
@@ -124,7 +125,7 @@ def measure(cfg: RunConfig, out: Path) -> tuple[dict, dict, Steps]:
               f"labelers: {' '.join(best)}", flush=True)
         cfg = choose.with_settings(cfg, best)
         write_run_config(run, cfg, "reproduce")
-        if choose.adopt(cfg, run, choice):
+        if choose.at_budget(cfg, choice) and choose.adopt(run, choice, "ppo-ptx"):
             print(f"[reproduce] ppo-ptx: the chosen candidate, trained at the recipe's "
                   f"budget ({cfg.ppo.episodes} episodes), is the PPO-ptx stage", flush=True)
     steps.run("pipeline", finished, run_pipeline, cfg, run.root)
@@ -144,6 +145,14 @@ def measure(cfg: RunConfig, out: Path) -> tuple[dict, dict, Steps]:
     if cfg.reproduce.big_base:
         big = resolve_model_path(cfg.reproduce.big_base,
                                  trust_remote_code=cfg.model.trust_remote_code)
+        if cfg.reproduce.choose_big:
+            path = run.root / "choose" / f"choice-{BIG}.json"
+            steps.run(f"choose {BIG} settings", path.exists(), choose.choose_sft, cfg, run,
+                      cfg.reproduce.choose_big, big, stage=BIG)
+            choice = json.loads(path.read_text())
+            print(f"[reproduce] {BIG} settings chosen on validation prompts by the training "
+                  f"labelers: {' '.join(choice['best'])}", flush=True)
+            choose.adopt(run, choice, BIG)
         steps.run(BIG, run.is_done(BIG), sft.train, cfg, run, big, stage=BIG)
         extra[BIG] = str(run.stage(BIG))
         against.append(BIG)
@@ -151,7 +160,7 @@ def measure(cfg: RunConfig, out: Path) -> tuple[dict, dict, Steps]:
         skip["small_ppo_beats_big_sft"] = ("reproduce.big_base is not set (no base model 4x "
                                            "the shipped one is available to this recipe)")
     for stage in extra:  # checkpoints chosen as the user SFT's: by the RM (App. C.1)
-        steps.run(f"{stage} select", _selected(run, stage), sft.select, cfg, run, first_rm,
+        steps.run(f"{stage} select", sft.selected(run, stage), sft.select, cfg, run, first_rm,
                   stage=stage)
     results = run.stage("eval") / "results.json"
     steps.run("eval", _evaluated(results, extra), evaluate_run, cfg, run,
@@ -213,11 +222,6 @@ def reproduce(cfg: RunConfig, out: str | Path, seeds: int = 1) -> dict:
     print(f"\nreproduce: {out / 'reproduce.md'}, {page}; wall time {total / 60:.1f} min "
           f"(this invocation {(time.time() - t0) / 60:.1f}), peak memory {peak:.2f} GiB")
     return report
-
-
-def _selected(run: RunDir, stage: str) -> bool:
-    path = run.stage(stage) / "selection.json"
-    return path.exists() and "rm" in json.loads(path.read_text())
 
 
 def _evaluated(results: Path, extra: dict[str, str]) -> bool:

@@ -270,6 +270,12 @@ def install_epoch(cfg: RunConfig, out: Path, epoch: int, selection: dict) -> Non
     atomic_write_text(out / "selection.json", json.dumps(selection, indent=1) + "\n")
 
 
+def selected(run: RunDir, stage: str = "sft") -> bool:
+    """RUN/<stage>'s epoch has been selected by a reward model (`select`)."""
+    path = run.stage(stage) / "selection.json"
+    return path.exists() and "rm" in json.loads(path.read_text())
+
+
 @torch.no_grad()
 def select(cfg: RunConfig, run: RunDir, rm_dir: str | Path | None, *,
            stage: str = "sft") -> dict:
