@@ -20,6 +20,8 @@
 #   ppo-1b.txt     the same on gpu-1b: samples/s ratio, generation against the memory-bandwidth
 #                  floor, peak GPU memory (targets in issue 18: >= 4x / 3x TRL, within 2x of
 #                  the floor, under 40 GiB)
+#   ppo-1b-fused.txt  gpu-1b again, ours only, with ppo.fused_logprobs (no (batch x response
+#                  x vocabulary) logits): its peak GPU memory against ppo-1b's
 set -u
 cd "$(dirname "$0")/.."
 
@@ -72,3 +74,5 @@ step ppo-160m 150 python3 bench/ppo_throughput.py --config gpu-160m --runs 1 --i
     --sides "$SIDES" --trl-python python3
 step ppo-1b 200 python3 bench/ppo_throughput.py --config gpu-1b --runs 1 --iters 3 \
     --sides "$SIDES" --trl-python python3
+step ppo-1b-fused 150 python3 bench/ppo_throughput.py --config gpu-1b --runs 1 --iters 3 \
+    --sides ours --set ppo.fused_logprobs=true

@@ -19,8 +19,8 @@ from instructrl.config import load_config
 from instructrl.distributed import precision
 from instructrl.errors import InputError
 from instructrl.modeling import AdapterDisabled, add_lora, load_causal_lm, load_tokenizer
-from instructrl.rollout import (_forward_params, draw_cdf, pad_left, response_logprobs,
-                                sample, trim_padding)
+from instructrl.rollout import (_forward_params, check_fused, draw_cdf, output_layer, pad_left,
+                                response_logprobs, sample, trim_padding)
 from instructrl.rundir import RunDir
 from instructrl.stages import ppo
 from instructrl.stages.common import read_metrics
@@ -183,6 +183,105 @@ def test_selective_log_softmax_saves_no_float_copy_for_backward():
     assert sum(t.numel() for t in saved if t.numel() < logits.numel()) <= 2 * 2 * 5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_linear_log_softmax_equals_the_output_layer_then_log_softmax(dtype, temperature,
+                                                                     monkeypatch):
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 7, 16).to(dtype).requires_grad_(True)
+    weight = torch.randn(50, 16).to(dtype).requires_grad_(True)
+    tokens = torch.randint(0, 50, (3, 7))
+    w = torch.randn(3, 7)
+    want, want_ent = losses.selective_log_softmax(hidden @ weight.t(), tokens, temperature,
+                                                  with_entropy=True)
+    want_grads = torch.autograd.grad((want * w).sum(), (hidden, weight))
+    for rows in (10_000, 4, 1):  # one chunk, ragged chunks, a chunk per position
+        monkeypatch.setattr(losses, "_chunk_rows", lambda V, rows=rows: rows)
+        lp, ent = losses.linear_log_softmax(hidden, weight, tokens, temperature,
+                                            with_entropy=True)
+        assert lp.dtype == ent.dtype == torch.float32 and not ent.requires_grad
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(lp, want, atol=tol, rtol=0)
+        torch.testing.assert_close(ent, want_ent, atol=tol, rtol=0)
+        grads = torch.autograd.grad((lp * w).sum(), (hidden, weight))
+        for g, want_g in zip(grads, want_grads):
+            assert g.dtype == dtype
+            torch.testing.assert_close(g.float(), want_g.float(), atol=tol * 5, rtol=tol)
+    with pytest.raises(ValueError, match="disagree"):
+        losses.linear_log_softmax(hidden, weight[:, :8], tokens)
+
+
+def test_linear_log_softmax_keeps_no_logits_for_backward():
+    # Saved between the passes: the hidden states, the weight and one float per position;
+    # nothing of the (positions x vocabulary) logits.
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    weight = torch.randn(300, 8, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        losses.linear_log_softmax(hidden, weight, torch.randint(0, 300, (2, 5)))
+    assert max(t.numel() for t in saved) == weight.numel() < 2 * 5 * 300
+
+
+def test_fused_response_logprobs_equal_the_logits_path(tiny, tiny_model_dir, make_cfg):
+    # Log-probs, entropies and every trained parameter's gradient: the plain model (tied or
+    # not), a LoRA policy and its adapter-disabled reference view (nothing trained).
+    model, tok = tiny
+    q, qm = queries(tok)
+    r, m = sample(model, q, qm, max_new_tokens=9, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id, generator=torch.Generator().manual_seed(1))
+    untied = load_causal_lm(tiny_model_dir).eval()
+    untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone() * 1.5)
+    lora = add_lora(load_causal_lm(tiny_model_dir), make_cfg(*LORA).lora, dropout=0.0).eval()
+    for net in (model, untied, lora, AdapterDisabled(lora)):
+        params = [p for p in net.parameters() if p.requires_grad]
+        got = {}
+        for fused in (False, True):
+            lp, ent = response_logprobs(net, q, qm, r, m, 0.8, return_entropy=True,
+                                        fused=fused)
+            got[fused] = (lp, ent, torch.autograd.grad((lp * lp.detach()).sum(), params,
+                                                       allow_unused=True) if params else ())
+            assert not ent.requires_grad
+        for a, b in zip(got[False][:2], got[True][:2]):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+        for a, b in zip(got[False][2], got[True][2]):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+        head = (net.model if isinstance(net, AdapterDisabled) else net).get_output_embeddings()
+        assert "forward" not in vars(head)  # the output layer is itself again
+
+
+class ScaledLogits(torch.nn.Module):
+    """A causal LM whose forward changes its output layer's logits (as Gemma's soft-cap or
+    Cohere's logit scale do): fused log-probs would be wrong for it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+    def forward(self, **kw):
+        out = self.inner(**kw)
+        out.logits = out.logits * 0.5
+        return out
+
+
+def test_fused_logprobs_refuse_what_they_cannot_stand_in_for(tiny, tiny_model_dir, make_cfg):
+    model, tok = tiny
+    q, qm = queries(tok, 4)
+    r, m = sample(model, q, qm, max_new_tokens=5, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id, generator=torch.Generator().manual_seed(2))
+    check_fused(model, q, qm, r, m, 0.8)  # a plain Llama: agrees
+    with pytest.raises(ValueError, match="ppo.fused_logprobs false"):
+        check_fused(ScaledLogits(model), q, qm, r, m, 0.8)
+    cfg = make_cfg(*LORA, "lora.target_modules=[q_proj,lm_head]")
+    lora_head = add_lora(load_causal_lm(tiny_model_dir), cfg.lora, dropout=0.0)
+    with pytest.raises(ValueError, match="plain bias-free nn.Linear"):
+        output_layer(lora_head)
+
+
 class NoLogitsToKeep(torch.nn.Module):
     """The same model seen through a forward without `logits_to_keep` (older architectures):
     response_logprobs must fall back to slicing the full logits."""
@@ -298,12 +397,12 @@ def test_ema_update_equals_a_per_tensor_lerp(tiny_model_dir):
 def test_an_iteration_with_every_speed_switch_equals_the_plain_one(
         tiny_run, make_cfg, tiny_model_dir, tiny_rm_dir, lora):
     # Same seed, one iteration: with the speed paths (sampler log-probs, big scoring chunks,
-    # fused AdamW, static cache) and without them (a second policy forward, micro-sized
+    # fused AdamW, static cache, log-probs fused with the output layer) and without them (a second policy forward, micro-sized
     # scoring chunks, foreach AdamW, dynamic cache) the trained weights and every metric
     # agree to float rounding. With LoRA the reference is the adapter-disabled view. (Both
     # draw tokens the same way, `ppo.sampler_draw`, so that they sample the same responses.)
     fast = ("ppo.logprobs_from_sampler=true", "ppo.score_batch_size=16",
-            "ppo.fused_adamw=true", "ppo.sampler_cache=static")
+            "ppo.fused_adamw=true", "ppo.sampler_cache=static", "ppo.fused_logprobs=true")
     slow = ("ppo.logprobs_from_sampler=false", "ppo.score_batch_size=4",
             "ppo.fused_adamw=false", "ppo.sampler_cache=dynamic")
     out = {}
@@ -315,6 +414,7 @@ def test_an_iteration_with_every_speed_switch_equals_the_plain_one(
                       max_iterations=1)
         out[name] = (torch.load(d / "checkpoint" / "state.pt", weights_only=False),
                      read_metrics(d / "metrics.jsonl")[0])
+    assert "loss/ptx" in out["fast"][1]  # the ptx loss too, fused with the output layer
     same_iteration(out["fast"], out["slow"], ("policy", "value", "ema"))
     for k in ("time/generation", "time/scoring", "time/training"):
         assert out["fast"][1][k] >= 0 and out["slow"][1][k] >= 0

@@ -293,6 +293,14 @@ class PPOConfig:
     with single-threaded ops, instead of one after the other with multi-threaded ops (two
     cores stay busier with two streams of small matmuls). For 2-4 cores (it uses two); ignored
     on a GPU and when torch has fewer than 2 threads."""
+    fused_logprobs: bool = False
+    """Take the policy's and the reference's log-probs from the last hidden states and the
+    output layer's weight together, chunk by chunk (`losses.linear_log_softmax`), so that no
+    (batch, response, vocabulary) logits exist, in scoring, training and the ptx loss: memory
+    for large vocabularies (Llama-3's 128k). Costs one more output-layer matmul in each
+    backward pass; needs a plain bias-free linear output layer whose logits the model's forward
+    returns unchanged (checked against the model's own log-probs on the first rollout) and
+    turns ppo.parallel_scoring off."""
     fused_adamw: bool = True
     """AdamW's fused kernel (`fused=True`: one kernel over all parameters instead of a dozen
     per tensor; CPU and CUDA in torch >= 2.4); False: torch's default (foreach)."""

@@ -137,6 +137,38 @@ def _chunk_rows(vocab: int) -> int:
     return max(1, (1 << 23) // max(1, vocab))
 
 
+def _chunk_forward(c: torch.Tensor, tok: torch.Tensor, temperature: float,
+                   with_entropy: bool):
+    """One float32 chunk of logits (p,V) and its tokens (p,1) -> logsumexp, log-prob of the
+    token and (or None) entropy of softmax(c / temperature), each (p,)."""
+    if temperature != 1.0:
+        c = c / temperature
+    l = torch.logsumexp(c, dim=-1)
+    ent = l - (torch.softmax(c, dim=-1) * c).sum(-1) if with_entropy else None
+    return l, c.gather(1, tok).squeeze(1) - l, ent  # H = logsumexp(c) - sum softmax(c) * c
+
+
+def _chunk_grad(c: torch.Tensor, lse: torch.Tensor, tok: torch.Tensor, g: torch.Tensor,
+                temperature: float) -> torch.Tensor:
+    """d(sum g * log p_token)/d logits for one float32 chunk (p,V): (1[j = y] - p_j) g / T."""
+    if temperature != 1.0:
+        c = c / temperature
+    gs = g[:, None]
+    gc = torch.exp(c - lse[:, None]).mul_(-gs)
+    gc.scatter_add_(1, tok, gs)
+    return gc / temperature if temperature != 1.0 else gc
+
+
+def _outputs(ctx, logp: torch.Tensor, ent: torch.Tensor | None, shape: torch.Size):
+    """(P,) results back in the tokens' shape; the entropy carries no gradient."""
+    logp = logp.view(shape)
+    if ent is None:
+        return logp
+    ent = ent.view(shape)
+    ctx.mark_non_differentiable(ent)
+    return logp, ent
+
+
 class _SelectiveLogSoftmax(torch.autograd.Function):
     """log softmax(logits / T)[token] per position, with the float32 work done chunk by
     chunk in the forward pass and recomputed chunk by chunk in the backward pass. What is
@@ -155,27 +187,18 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
         ent = flat.new_empty(P, dtype=torch.float32) if with_entropy else None
         step = _chunk_rows(V)
         for s in range(0, P, step):
-            c = flat[s:s + step].float()
-            if temperature != 1.0:
-                c = c / temperature
-            l = torch.logsumexp(c, dim=-1)  # (p,)
-            lse[s:s + step] = l
-            logp[s:s + step] = c.gather(1, tok[s:s + step]).squeeze(1) - l
-            if with_entropy:  # H = logsumexp(c) - sum softmax(c) * c
-                ent[s:s + step] = l - (torch.softmax(c, dim=-1) * c).sum(-1)
+            l, lp, e = _chunk_forward(flat[s:s + step].float(), tok[s:s + step], temperature,
+                                      with_entropy)
+            lse[s:s + step], logp[s:s + step] = l, lp
+            if with_entropy:
+                ent[s:s + step] = e
         ctx.save_for_backward(logits, tokens, lse)
         ctx.temperature = temperature
-        logp = logp.view(tokens.shape)
-        if not with_entropy:
-            return logp
-        ent = ent.view(tokens.shape)
-        ctx.mark_non_differentiable(ent)
-        return logp, ent
+        return _outputs(ctx, logp, ent, tokens.shape)
 
     @staticmethod
     def backward(ctx, grad_logp, grad_ent=None):
         logits, tokens, lse = ctx.saved_tensors
-        T = ctx.temperature
         V = logits.shape[-1]
         flat = logits.reshape(-1, V)
         tok = tokens.reshape(-1, 1).long()
@@ -183,16 +206,8 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
         grad = torch.empty_like(flat)  # (P,V), the logits' dtype
         step = _chunk_rows(V)
         for s in range(0, flat.shape[0], step):
-            c = flat[s:s + step].float()
-            if T != 1.0:
-                c = c / T
-            gs = g[s:s + step, None]  # (p,1)
-            # d log p_y / d z_j = (1[j = y] - p_j) / T
-            gc = torch.exp(c - lse[s:s + step, None]).mul_(-gs)
-            gc.scatter_add_(1, tok[s:s + step], gs)
-            if T != 1.0:
-                gc = gc / T
-            grad[s:s + step] = gc.to(grad.dtype)
+            grad[s:s + step] = _chunk_grad(flat[s:s + step].float(), lse[s:s + step],
+                                           tok[s:s + step], g[s:s + step], ctx.temperature)
         return grad.view(logits.shape), None, None, None
 
 
@@ -214,23 +229,110 @@ def selective_log_softmax(logits: torch.Tensor, tokens: torch.Tensor, temperatur
     return _SelectiveLogSoftmax.apply(logits, tokens, float(temperature), bool(with_entropy))
 
 
+def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a linear layer on `x` computes in here: autocast's when it is on."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+class _LinearLogSoftmax(torch.autograd.Function):
+    """log softmax((hidden @ weight.T) / T)[token] per position, the output layer's matmul
+    and the softmax done together chunk by chunk, in both passes: the (P, V) logits never
+    exist at once, only a chunk of them (`_chunk_rows`). Saved for backward: the hidden
+    states and the weight (both alive anyway: the output layer saves them too) and one float
+    per position. The backward recomputes each chunk's logits (one more matmul of the
+    output layer) to get d hidden = G @ W and d W = G.T @ hidden, G the chunk's
+    (1[j = y] - p_j) / T scaled by the incoming gradient; d W accumulates in float32.
+    Written by hand because no library does it in plain torch: liger-kernel's fused linear
+    cross-entropy needs Triton on a GPU (issue 18 asks for a fallback that runs anywhere)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, tokens, temperature, with_entropy):
+        dt = _matmul_dtype(hidden)
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        tok = tokens.reshape(-1, 1).long()
+        P = flat.shape[0]
+        logp = flat.new_empty(P, dtype=torch.float32)
+        lse = flat.new_empty(P, dtype=torch.float32)
+        ent = flat.new_empty(P, dtype=torch.float32) if with_entropy else None
+        w = weight.to(dt)
+        step = _chunk_rows(weight.shape[0])
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s in range(0, P, step):
+                c = (flat[s:s + step].to(dt) @ w.t()).float()
+                l, lp, e = _chunk_forward(c, tok[s:s + step], temperature, with_entropy)
+                lse[s:s + step], logp[s:s + step] = l, lp
+                if with_entropy:
+                    ent[s:s + step] = e
+        ctx.save_for_backward(hidden, weight, tokens, lse)
+        ctx.temperature, ctx.dtype = temperature, dt
+        return _outputs(ctx, logp, ent, tokens.shape)
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_ent=None):
+        hidden, weight, tokens, lse = ctx.saved_tensors
+        dt = ctx.dtype
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        tok = tokens.reshape(-1, 1).long()
+        g = grad_logp.reshape(-1).float()
+        w = weight.to(dt)
+        grad_h = torch.empty_like(flat)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        step = _chunk_rows(weight.shape[0])
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s in range(0, flat.shape[0], step):
+                h = flat[s:s + step].to(dt)
+                gc = _chunk_grad((h @ w.t()).float(), lse[s:s + step], tok[s:s + step],
+                                 g[s:s + step], ctx.temperature)  # (p,V)
+                grad_h[s:s + step] = (gc.to(dt) @ w).to(grad_h.dtype)
+                grad_w.addmm_(gc.t(), h.float())
+        return grad_h.view(hidden.shape), grad_w.to(weight.dtype), None, None, None
+
+
+def linear_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor,
+                       temperature: float = 1.0, with_entropy: bool = False):
+    """``selective_log_softmax(hidden @ weight.T, tokens, temperature, with_entropy)``
+    without ever holding the (..., V) logits: (..., H), (V, H), (...) -> (...) float32,
+    differentiable in ``hidden`` and ``weight`` (a bias-free output layer, as causal LMs'
+    are). Equal to the unfused computation up to float rounding (tested)."""
+    if hidden.shape[:-1] != tokens.shape or hidden.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)} and "
+                         f"tokens {tuple(tokens.shape)} disagree")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return _LinearLogSoftmax.apply(hidden, weight, tokens, float(temperature),
+                                   bool(with_entropy))
+
+
 # --------------------------------------------------------------------------- language-model losses
 
 
-def _next_token_nll(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def next_token_targets(labels: torch.Tensor, mask: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets, target_mask), both (B, T-1): the token each position predicts (0 where it is
+    no target) and whether it is one (see ``_next_token_nll`` for the shift)."""
+    target_mask = mask[:, 1:].to(torch.bool)  # (B, T-1): token t+1 is a target
+    return torch.where(target_mask, labels[:, 1:], torch.zeros_like(labels[:, 1:])), target_mask
+
+
+def _next_token_nll(logits: torch.Tensor | None, labels: torch.Tensor, mask: torch.Tensor,
+                    logprobs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean next-token negative log-likelihood and the number of predicted tokens.
 
     The shift is done here and only here: ``logits[:, t]`` predicts ``labels[:, t + 1]``, so the
     loss uses logits[:, :-1] against labels[:, 1:], and ``mask[:, t]`` says whether the token AT
     position t is a target. Hence mask[:, 0] is never used (nothing predicts the first token).
     Values of ``labels`` where the mask is 0 are never read (-100 or padding ids are fine).
+    ``logprobs`` (B, T-1): the targets' log-probs taken already (`next_token_targets`'s
+    targets, fused with the output layer: rollout.fused_output); ``logits`` is then unused.
     """
     _check_same_shape(labels=labels, mask=mask)
+    targets, target_mask = next_token_targets(labels, mask)  # (B, T-1)
+    if logprobs is not None:
+        _check_same_shape(logprobs=logprobs, targets=targets)
+        return masked_mean(-logprobs, target_mask), target_mask.sum()
     if logits.shape[:-1] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} must be labels {tuple(labels.shape)} + (V,)")
-    target_mask = mask[:, 1:].to(torch.bool)  # (B, T-1): token t+1 is a target
-    targets = torch.where(target_mask, labels[:, 1:], torch.zeros_like(labels[:, 1:]))  # (B, T-1)
     # Chunked, with the softmax recomputed in the backward: no (B, T, V) float32 temporary
     # in either pass (SFT and ptx over a 49k vocabulary: that temporary was the peak).
     logp = selective_log_softmax(logits[:, :-1], targets)  # (B, T-1)
@@ -249,14 +351,15 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
     return loss, {"loss/sft": _stat(loss), "sft/tokens": _stat(n)}
 
 
-def ptx_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
-             ) -> tuple[torch.Tensor, Stats]:
+def ptx_loss(logits: torch.Tensor | None, labels: torch.Tensor, mask: torch.Tensor,
+             logprobs: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
     """Pretraining-mix LM loss of PPO-ptx (paper Eq. 2, the γ·E[log π(x)] term, App. C.4).
 
     Same next-token NLL as ``sft_loss``, on pretraining text: mask (B, T) marks real (non-pad)
-    tokens. Returned unscaled (positive NLL); the caller multiplies by γ_ptx.
+    tokens. Returned unscaled (positive NLL); the caller multiplies by γ_ptx. ``logprobs``:
+    as ``_next_token_nll``'s, in place of ``logits``.
     """
-    loss, n = _next_token_nll(logits, labels, mask)
+    loss, n = _next_token_nll(logits, labels, mask, logprobs)
     return loss, {"loss/ptx": _stat(loss), "ptx/tokens": _stat(n)}
 
 

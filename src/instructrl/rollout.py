@@ -19,6 +19,7 @@ entropies are taken chunk by chunk (`losses.selective_log_softmax`), so no float
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from instructrl.losses import selective_log_softmax
+from instructrl.losses import linear_log_softmax, selective_log_softmax
 from instructrl.modeling import AdapterDisabled, gather_last, position_ids_from_mask
 
 
@@ -363,9 +364,64 @@ def _concat(queries, query_mask, responses, response_mask):
     return input_ids, mask, position_ids_from_mask(mask)
 
 
+def output_layer(model) -> torch.nn.Linear:
+    """The causal LM's output layer (under a peft wrapper or an `AdapterDisabled` view), when
+    it is a plain bias-free linear layer: what `fused_output` can stand in for."""
+    inner = model.model if isinstance(model, AdapterDisabled) else model
+    head = inner.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.bias is not None:
+        raise ValueError(f"fused log-probs need a plain bias-free nn.Linear output layer; "
+                         f"this model's is {type(head).__name__} (a LoRA adapter on it, or "
+                         f"quantised): set ppo.fused_logprobs false")
+    return head
+
+
+@contextlib.contextmanager
+def fused_output(model, tokens: torch.Tensor, temperature: float = 1.0,
+                 with_entropy: bool = False):
+    """While inside, the model's output layer returns, instead of logits, the log-probs of
+    `tokens` (B,n) under softmax(logits / temperature), position t-1 predicting token t, with
+    the n+1 last positions it is given (the last predicts nothing): a (B,n,1) tensor, or
+    (B,n,2) with the entropy (no gradient) second. Computed by `losses.linear_log_softmax`
+    from the hidden states and the layer's weight chunk by chunk, so no (B,n,V) logits exist.
+    The model's forward is called as usual (its wrappers, FSDP's hooks included, run as
+    always); it must pass the layer's output through as its logits, which most causal LMs
+    do and some do not (a final soft-cap or scale): `check_fused` compares once per model."""
+    head = output_layer(model)
+
+    def forward(hidden):
+        n = tokens.shape[1]
+        out = linear_log_softmax(hidden[:, -(n + 1):-1], head.weight, tokens, temperature,
+                                 with_entropy)
+        return torch.stack(out, -1) if with_entropy else out.unsqueeze(-1)
+
+    head.forward = forward  # an instance attribute: nn.Module.__call__ (and its hooks) use it
+    try:
+        yield
+    finally:
+        del head.forward
+
+
+def check_fused(model, queries, query_mask, responses, response_mask,
+                temperature: float = 1.0, atol: float = 1e-3) -> None:
+    """Raise unless `response_logprobs` with and without `fused` agree on this batch: a model
+    whose forward changes its output layer's logits (Gemma's soft-cap, a logit scale) would
+    get wrong log-probs fused."""
+    with torch.no_grad():
+        a = response_logprobs(model, queries, query_mask, responses, response_mask, temperature)
+        b = response_logprobs(model, queries, query_mask, responses, response_mask, temperature,
+                              fused=True)
+    err = float((a - b).abs().max()) if a.numel() else 0.0
+    if not err <= atol:
+        raise ValueError(f"fused log-probs differ from the model's own by {err:.3g} (more than "
+                         f"{atol}): its forward changes the output layer's logits; set "
+                         f"ppo.fused_logprobs false")
+
+
 def response_logprobs(model, queries: torch.Tensor, query_mask: torch.Tensor,
                       responses: torch.Tensor, response_mask: torch.Tensor,
-                      temperature: float = 1.0, return_entropy: bool = False):
+                      temperature: float = 1.0, return_entropy: bool = False,
+                      fused: bool = False):
     """Log-probs (B,R) of each response token under `model`, from one forward pass over the
     (B,T=Q+R) sequence; logits are divided by `temperature` (the sampling temperature, so the
     log-probs are those of the distribution sampled from). Masked positions are 0.
@@ -376,17 +432,25 @@ def response_logprobs(model, queries: torch.Tensor, query_mask: torch.Tensor,
     Only the response positions' logits are computed where the model takes `logits_to_keep`,
     and the log-softmax is taken chunk by chunk (`selective_log_softmax`): what stays for the
     backward pass is the model's own (B,R+1,V) logits, never a float32 copy or a full
-    log-softmax of them.
+    log-softmax of them. With `fused` not even those: the output layer and the log-softmax
+    run together chunk by chunk (`fused_output`; memory for large vocabularies, one more
+    output-layer matmul in the backward pass).
     """
     R = responses.shape[1]
     queries, query_mask, responses, response_mask = trim_padding(queries, query_mask,
                                                                  responses, response_mask)
     input_ids, mask, positions = _concat(queries, query_mask, responses, response_mask)
     Q, r = queries.shape[1], responses.shape[1]
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                   use_cache=False, **_last_logits(model, r + 1)).logits  # (B,r+1,V) or (B,T,V)
-    logits = logits[:, -(r + 1):-1, :]  # (B,r,V): position t-1 predicts token t
-    out = selective_log_softmax(logits, responses, temperature, with_entropy=return_entropy)
+    kw = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+              use_cache=False, **_last_logits(model, r + 1))
+    if fused:
+        with fused_output(model, responses, temperature, return_entropy):
+            got = model(**kw).logits  # (B,r,1|2)
+        out = (got[..., 0], got[..., 1].detach()) if return_entropy else got[..., 0]
+    else:
+        logits = model(**kw).logits  # (B,r+1,V) or (B,T,V)
+        logits = logits[:, -(r + 1):-1, :]  # (B,r,V): position t-1 predicts token t
+        out = selective_log_softmax(logits, responses, temperature, with_entropy=return_entropy)
     rmask = response_mask.to(torch.float32)
     if not return_entropy:
         return _pad_to(out * rmask, R)

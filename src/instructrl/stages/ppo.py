@@ -83,13 +83,13 @@ from instructrl.distributed import (Precision, gather_like, local, precision, ru
                                     shard_like)
 from instructrl.generation import decode_responses
 from instructrl.losses import (AdaptiveKLController, FixedKLController, gae, masked_mean,
-                               masked_var, masked_whiten, per_token_rewards, ppo_policy_loss,
-                               ptx_loss, value_loss)
+                               masked_var, masked_whiten, next_token_targets,
+                               per_token_rewards, ppo_policy_loss, ptx_loss, value_loss)
 from instructrl.modeling import (AdapterDisabled, ScalarHeadModel, add_lora, load_causal_lm,
                                  load_tokenizer, lora_enabled, prepare_for_training,
                                  resolve_model_path, save_pretrained_atomic, weights_dtype)
-from instructrl.rollout import (Rollout, pad_left, response_logprobs, response_scores,
-                                response_values, sample)
+from instructrl.rollout import (Rollout, check_fused, fused_output, pad_left,
+                                response_logprobs, response_scores, response_values, sample)
 from instructrl.rundir import RunDir
 from instructrl.stages.common import (Checkpoint, MetricsLog, chunks, collate,
                                       pretraining_examples, trainable)
@@ -218,8 +218,11 @@ def score(m: Models, tokenizer, prompts: list[Prompt], r: Rollout, c: PPOConfig,
     # CPU than torch.set_num_threads / OMP_NUM_THREADS allow).
     # Not sharded: a sharded model's forwards are collectives, which two threads would
     # interleave differently on each process.
+    # (Nor with fused log-probs: they stand in for the output layer's forward for the time
+    # of one call, which two threads on one model would overlap.)
     parallel = (c.parallel_scoring and r.queries.device.type == "cpu"
-                and torch.get_num_threads() >= 2 and not runtime().fsdp)
+                and torch.get_num_threads() >= 2 and not runtime().fsdp
+                and not c.fused_logprobs)
 
     # (FSDP gathers weights into buffers it later writes in place: inference tensors are
     # read-only, so sharded models score under no_grad.)
@@ -230,8 +233,9 @@ def score(m: Models, tokenizer, prompts: list[Prompt], r: Rollout, c: PPOConfig,
             args = (r.queries[rows], r.query_mask[rows], r.responses[rows],
                     r.response_mask[rows])
             return (None if r.logprobs is not None
-                    else response_logprobs(m.policy, *args, c.temperature),
-                    response_logprobs(m.ref, *args, c.temperature),
+                    else response_logprobs(m.policy, *args, c.temperature,
+                                           fused=c.fused_logprobs),
+                    response_logprobs(m.ref, *args, c.temperature, fused=c.fused_logprobs),
                     response_values(m.value, *args),
                     None if reward_fn is not None else response_scores(m.rm, *args))
 
@@ -308,7 +312,7 @@ def train_minibatch(m: Models, r: Rollout, adv, returns, idx, c: PPOConfig, ptx_
         args = (r.queries[mi], r.query_mask[mi], r.responses[mi], mask)
         with prec.autocast():
             logp, entropy = response_logprobs(m.policy, *args, c.temperature,
-                                              return_entropy=True)
+                                              return_entropy=True, fused=c.fused_logprobs)
             pg, pstats = ppo_policy_loss(logp, r.logprobs[mi], adv[mi], mask, c.cliprange)
             v = response_values(m.value, *args)
             vf, vstats = value_loss(v, r.values[mi], returns[mi], mask, c.cliprange_value)
@@ -332,9 +336,16 @@ def train_minibatch(m: Models, r: Rollout, adv, returns, idx, c: PPOConfig, ptx_
             dev = r.queries.device
             b_ids, b_mask, b_tgt = ids[s].to(dev), mask[s].to(dev), tgt[s].to(dev)
             with prec.autocast():
-                logits = m.policy(input_ids=b_ids, attention_mask=b_mask,
-                                  use_cache=False).logits
-                loss, pstats = ptx_loss(logits, b_ids, b_tgt)
+                if c.fused_logprobs:
+                    targets, _ = next_token_targets(b_ids, b_tgt)
+                    with fused_output(m.policy, targets):
+                        logp = m.policy(input_ids=b_ids, attention_mask=b_mask,
+                                        use_cache=False).logits[..., 0]
+                    loss, pstats = ptx_loss(None, b_ids, b_tgt, logprobs=logp)
+                else:
+                    logits = m.policy(input_ids=b_ids, attention_mask=b_mask,
+                                      use_cache=False).logits
+                    loss, pstats = ptx_loss(logits, b_ids, b_tgt)
             if not torch.isfinite(loss):
                 stats["nonfinite"] = 2.0  # "ptx loss"
                 break
@@ -500,6 +511,11 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
             x.to(device)
         with prec.autocast():
             r = score(m, tokenizer, batch_prompts[block], r, c, device, reward_fn)
+            if c.fused_logprobs and it == start:  # once: does this model allow it?
+                k = min(len(r.queries), c.micro_batch_size)
+                check_fused(m.policy, r.queries[:k], r.query_mask[:k], r.responses[:k],
+                            r.response_mask[:k], c.temperature,
+                            atol=5e-2 if _half(m.policy, prec) else 1e-3)
         for x in offload:
             x.to("cpu")
         r = gather_rollout(r, tokenizer.pad_token_id)
@@ -650,6 +666,11 @@ def _run_parts(parts: list[Callable], parallel: bool) -> list:
         return [f.result() for f in futures]
     finally:
         torch.set_num_threads(main_threads)
+
+
+def _half(model, prec: Precision) -> bool:
+    """The model computes in a half-precision dtype (autocast, or weights loaded so)."""
+    return prec.dtype is not None or next(model.parameters()).dtype != torch.float32
 
 
 def _now(device) -> float:
