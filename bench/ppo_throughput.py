@@ -413,17 +413,20 @@ def trl_python(venv: Path) -> Path:
 # A side: (worker kind, instructrl source tree or None, extra --set overrides).
 COMPILED = ["ppo.sampler_cache=static", "ppo.compile_sampler=true"]
 PARALLEL = ["ppo.parallel_scoring=true"]
+FUSED = ["ppo.fused_logprobs=true"]
 
 
 def sides_of(args) -> dict[str, tuple[str, str | None, list[str]]]:
     """ours: this checkout with --set; base: another checkout (--baseline-src), defaults;
     compiled: ours with the static cache and compiled decode step; parallel: ours with
-    ppo.parallel_scoring; both: compiled and parallel; trl: TRL 0.29."""
+    ppo.parallel_scoring; both: compiled and parallel; fused: ours with ppo.fused_logprobs;
+    trl: TRL 0.29."""
     table = {"ours": ("ours", args.ours_src, list(args.set)),
              "base": ("ours", args.baseline_src, []),
              "compiled": ("ours", args.ours_src, list(args.set) + COMPILED),
              "parallel": ("ours", args.ours_src, list(args.set) + PARALLEL),
              "both": ("ours", args.ours_src, list(args.set) + COMPILED + PARALLEL),
+             "fused": ("ours", args.ours_src, list(args.set) + FUSED),
              "trl": ("trl", None, [])}
     names = args.sides.split(",")
     unknown = [n for n in names if n not in table]

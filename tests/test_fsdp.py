@@ -152,9 +152,12 @@ def test_sharded_ppo_trains_what_one_process_trains(runs, tiny_model_dir, tiny_r
     # The policy and value sharded; each process gathers the policy whole to sample its
     # block (each decodes its own number of steps), scores with the sharded value model,
     # trains in lockstep; the EMA averages each shard; the saved models are gathered whole.
+    # Log-probs fused with the output layer (sharded in a group of its own) on both sides.
     recipe, r = runs
-    launch(1, stage_args("ppo", r["plain"], recipe, tiny_model_dir, tiny_rm_dir))
-    out = launch_fsdp(stage_args("ppo", r["fsdp"], recipe, tiny_model_dir, tiny_rm_dir))
+    fused = ["--set", "ppo.fused_logprobs=true"]
+    launch(1, stage_args("ppo", r["plain"], recipe, tiny_model_dir, tiny_rm_dir) + fused)
+    out = launch_fsdp(stage_args("ppo", r["fsdp"], recipe, tiny_model_dir, tiny_rm_dir)
+                      + fused)
     assert out.count("sharded over 2 processes") == 2  # the policy and the value model
     compare_rows(read_metrics(r["plain"] / "ppo-ptx" / "metrics.jsonl"),
                  read_metrics(r["fsdp"] / "ppo-ptx" / "metrics.jsonl"), "ppo-ptx")

@@ -369,7 +369,10 @@ def output_layer(model) -> torch.nn.Linear:
     it is a plain bias-free linear layer: what `fused_output` can stand in for."""
     inner = model.model if isinstance(model, AdapterDisabled) else model
     head = inner.get_output_embeddings()
-    if type(head) is not torch.nn.Linear or head.bias is not None:
+    # (isinstance: FSDP2 makes a sharded layer an FSDPLinear, a subclass; a quantised
+    # subclass stores its weight packed, not (out, in).)
+    if (not isinstance(head, torch.nn.Linear) or head.bias is not None
+            or tuple(head.weight.shape) != (head.out_features, head.in_features)):
         raise ValueError(f"fused log-probs need a plain bias-free nn.Linear output layer; "
                          f"this model's is {type(head).__name__} (a LoRA adapter on it, or "
                          f"quantised): set ppo.fused_logprobs false")
