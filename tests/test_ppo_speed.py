@@ -280,6 +280,10 @@ def test_fused_logprobs_refuse_what_they_cannot_stand_in_for(tiny, tiny_model_di
     lora_head = add_lora(load_causal_lm(tiny_model_dir), cfg.lora, dropout=0.0)
     with pytest.raises(ValueError, match="plain bias-free nn.Linear"):
         output_layer(lora_head)
+    wrapped = load_causal_lm(tiny_model_dir)  # a forward of its own already (device-map hooks)
+    wrapped.lm_head.forward = wrapped.lm_head.forward
+    with pytest.raises(ValueError, match="or wrapped"):
+        output_layer(wrapped)
 
 
 class NoLogitsToKeep(torch.nn.Module):

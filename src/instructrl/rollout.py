@@ -13,8 +13,9 @@ it drew, which ARE the old policy's log-probs when training sees the same weight
 and no dropout (then PPO skips a forward pass, as TRL does with its generation logits); scoring
 forwards compute logits for the response positions only (`logits_to_keep`); log-probs and
 entropies are taken chunk by chunk (`losses.selective_log_softmax`), so no float32
-(B,R,V) log-softmax is ever kept; the decode loop can run on a static KV cache with a
-`torch.compile`d step (CUDA graphs on a GPU).
+(B,R,V) log-softmax is ever kept (with ppo.fused_logprobs, together with the output layer,
+so that not even the logits exist: `fused_output`); the decode loop can run on a static KV
+cache with a `torch.compile`d step (CUDA graphs on a GPU).
 """
 
 from __future__ import annotations
@@ -372,10 +373,11 @@ def output_layer(model) -> torch.nn.Linear:
     # (isinstance: FSDP2 makes a sharded layer an FSDPLinear, a subclass; a quantised
     # subclass stores its weight packed, not (out, in).)
     if (not isinstance(head, torch.nn.Linear) or head.bias is not None
-            or tuple(head.weight.shape) != (head.out_features, head.in_features)):
+            or tuple(head.weight.shape) != (head.out_features, head.in_features)
+            or "forward" in vars(head)):  # (wrapped already: accelerate's device-map hooks)
         raise ValueError(f"fused log-probs need a plain bias-free nn.Linear output layer; "
-                         f"this model's is {type(head).__name__} (a LoRA adapter on it, or "
-                         f"quantised): set ppo.fused_logprobs false")
+                         f"this model's is {type(head).__name__} (a LoRA adapter on it, "
+                         f"quantised, or wrapped): set ppo.fused_logprobs false")
     return head
 
 
