@@ -38,7 +38,11 @@ frozen models on our side as `model.dtype: auto` does; TRL with `bf16=True`), bu
 here: this machine has no GPU.
 
 Figures: ../shared/BENCH.md's target for cpu-tiny is ours/TRL >= 2; it is NOT reached (1.28
-with the defaults, 1.50 with the two CPU switches). This machine is 2 shared cores (AMD EPYC,
+with the defaults, 1.50 with the two CPU switches, on the loaded machine below; 1.40 with the
+defaults on an idle one, 2026-12-06 at 1c4d199, `--sides ours,trl --runs 3`: ours 12.65
+samples/s, 2.53 s/it, peak RSS 1.09 GiB; TRL 9.05, 3.54 s/it, 1.25 GiB; CPU s/it TRL/ours
+1.31. `--sides ours,fused` the same day: 12.91 and 12.61, ppo.fused_logprobs costing ~2 % at
+this 8k vocabulary, bench/fused_logprobs.py). This machine is 2 shared cores (AMD EPYC,
 AVX2) on which other people's jobs run most of the time; with 2 threads a run that shares a
 core is slowed 3-10x (OpenMP threads wait on each other), so every run is printed with the
 load and the other processes' CPU share just before it, and `--wait` holds each run until
