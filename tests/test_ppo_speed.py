@@ -251,6 +251,25 @@ def test_fused_response_logprobs_equal_the_logits_path(tiny, tiny_model_dir, mak
         assert "forward" not in vars(head)  # the output layer is itself again
 
 
+def test_fused_logprobs_under_bf16_autocast_compute_as_the_output_layer_does(tiny):
+    # Under autocast the output layer's matmul runs in bf16; the fused one too (in both
+    # passes), so the two paths agree as closely as bf16 logits allow, and check_fused's
+    # half-precision tolerance (5e-2) holds.
+    model, tok = tiny
+    q, qm = queries(tok, 4)
+    r, m = sample(model, q, qm, max_new_tokens=6, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id, generator=torch.Generator().manual_seed(3))
+    got = {}
+    for fused in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lp = response_logprobs(model, q, qm, r, m, 1.0, fused=fused)
+        assert lp.dtype == torch.float32
+        head = model.get_output_embeddings().weight
+        got[fused] = (lp, torch.autograd.grad(lp.sum(), head)[0])
+    torch.testing.assert_close(got[True][0], got[False][0], atol=5e-2, rtol=0)
+    torch.testing.assert_close(got[True][1], got[False][1], atol=5e-2, rtol=5e-2)
+
+
 class ScaledLogits(torch.nn.Module):
     """A causal LM whose forward changes its output layer's logits (as Gemma's soft-cap or
     Cohere's logit scale do): fused log-probs would be wrong for it."""
