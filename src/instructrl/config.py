@@ -299,9 +299,10 @@ class PPOConfig:
     (batch, response, vocabulary) logits exist, in scoring, training and the ptx loss: memory
     for large vocabularies (measured on a CPU at Llama-3's 128k, micro-batch 16 x 128
     tokens: 3.3 GiB -> 0.5 GiB, and faster; ~2 % slower with the sandbox's 8k: bench/
-    fused_logprobs.py). Costs one more output-layer matmul in each backward pass; needs a plain bias-free linear output layer whose logits the model's forward
-    returns unchanged (checked against the model's own log-probs on the first rollout) and
-    turns ppo.parallel_scoring off."""
+    fused_logprobs.py). Costs one more output-layer matmul in each backward pass; needs a
+    plain bias-free linear output layer whose logits the model's forward returns unchanged
+    (checked against the model's own log-probs on the first rollout) and turns
+    ppo.parallel_scoring off."""
     fused_adamw: bool = True
     """AdamW's fused kernel (`fused=True`: one kernel over all parameters instead of a dozen
     per tensor; CPU and CUDA in torch >= 2.4); False: torch's default (foreach)."""

@@ -116,14 +116,9 @@ def measure(cfg: RunConfig, out: Path) -> tuple[dict, dict, Steps]:
     finished = (run.root / "pipeline.json").exists()
     steps.run("pipeline to the RM", finished, run_pipeline, cfg, run.root, until="ppo")
     if cfg.reproduce.choose:
-        path = run.root / "choose" / "choice.json"
-        steps.run("choose PPO settings", path.exists(), choose.choose, cfg, run,
-                  cfg.reproduce.choose, episodes=cfg.reproduce.choose_episodes)
-        choice = json.loads(path.read_text())
-        best = choice["best"]
-        print(f"[reproduce] PPO settings chosen on validation prompts by the training "
-              f"labelers: {' '.join(best)}", flush=True)
-        cfg = choose.with_settings(cfg, best)
+        choice = _chosen(steps, run, "PPO", "choice.json", choose.choose, cfg, run,
+                         cfg.reproduce.choose, episodes=cfg.reproduce.choose_episodes)
+        cfg = choose.with_settings(cfg, choice["best"])
         write_run_config(run, cfg, "reproduce")
         if choose.at_budget(cfg, choice) and choose.adopt(run, choice, "ppo-ptx"):
             print(f"[reproduce] ppo-ptx: the chosen candidate, trained at the recipe's "
@@ -146,12 +141,8 @@ def measure(cfg: RunConfig, out: Path) -> tuple[dict, dict, Steps]:
         big = resolve_model_path(cfg.reproduce.big_base,
                                  trust_remote_code=cfg.model.trust_remote_code)
         if cfg.reproduce.choose_big:
-            path = run.root / "choose" / f"choice-{BIG}.json"
-            steps.run(f"choose {BIG} settings", path.exists(), choose.choose_sft, cfg, run,
-                      cfg.reproduce.choose_big, big, stage=BIG)
-            choice = json.loads(path.read_text())
-            print(f"[reproduce] {BIG} settings chosen on validation prompts by the training "
-                  f"labelers: {' '.join(choice['best'])}", flush=True)
+            choice = _chosen(steps, run, BIG, f"choice-{BIG}.json", choose.choose_sft, cfg, run,
+                             cfg.reproduce.choose_big, big, stage=BIG)
             choose.adopt(run, choice, BIG)
         steps.run(BIG, run.is_done(BIG), sft.train, cfg, run, big, stage=BIG)
         extra[BIG] = str(run.stage(BIG))
@@ -222,6 +213,17 @@ def reproduce(cfg: RunConfig, out: str | Path, seeds: int = 1) -> dict:
     print(f"\nreproduce: {out / 'reproduce.md'}, {page}; wall time {total / 60:.1f} min "
           f"(this invocation {(time.time() - t0) / 60:.1f}), peak memory {peak:.2f} GiB")
     return report
+
+
+def _chosen(steps: Steps, run: RunDir, what: str, name: str, fn, *args, **kwargs) -> dict:
+    """The step "choose `what` settings" (`fn`, writing RUN/choose/`name`), unless its choice
+    is there already; that choice, its best settings printed."""
+    path = run.root / "choose" / name
+    steps.run(f"choose {what} settings", path.exists(), fn, *args, **kwargs)
+    choice = json.loads(path.read_text())
+    print(f"[reproduce] {what} settings chosen on validation prompts by the training "
+          f"labelers: {' '.join(choice['best'])}", flush=True)
+    return choice
 
 
 def _evaluated(results: Path, extra: dict[str, str]) -> bool:
