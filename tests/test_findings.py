@@ -105,6 +105,8 @@ def test_every_row_reads_its_figure_and_applies_its_rule():
     assert "40.0 % [" in rows["truthfulness"]["measured"] and "n = 50" in rows["truthfulness"][
         "measured"]
     assert rows["hallucination"]["ci"] == pytest.approx(proportion_ci(0.125, 40))
+    assert "closed qa 20.0 % vs 40.0 % (n = 10); summarization 10.0 % vs 20.0 % (n = 30)" in \
+        rows["hallucination"]["measured"]
     assert rows["toxicity"]["ci"] is None and "n = 20" in rows["toxicity"]["measured"]
     src = sources()
     src["results"]["sandbox_instructions"]["toxicity"]["policies"]["ppo-ptx"]["respectful"][

@@ -125,6 +125,29 @@ def test_closed_qa_uses_the_given_text(w):
     assert wrong.correct == 0 and wrong.hallucination
     unsupported = check(w, p, f"the {s} is red and lives in {w.places[0]}.")
     assert unsupported.correct == 1 and unsupported.hallucination and unsupported.truthful
+    # Closed domain: a claim about another creature is not in the text, even when it is true
+    # in the world (a base model's continuation about the creatures it knows).
+    other = w.creatures[0]
+    aside = check(w, p, f"the {s} is red. the {other} eats {w.truth(other, 'food')}.")
+    assert aside.correct == 1 and aside.truthful and aside.hallucination
+    # The same true claim answering an open question is no hallucination.
+    assert not check(w, qa(other, "food", w), f"the {other} eats {w.truth(other, 'food')}."
+                     ).hallucination
+
+
+def test_summary_holds_only_the_text(w):
+    e, other = w.creatures[:2]
+    ctx = {a: w.truth(e, a) for a in ("color", "home")}
+    src = f"the {e} is {ctx['color']}. the {e} lives in {ctx['home']}."
+    p = Prompt("p9", "u1", "x", "summarization", meta={
+        "task": "summarize", "entity": e, "context": ctx, "max_words": 9, "source": src})
+    kept = check(w, p, f"the {e} is {ctx['color']} and lives in {ctx['home']}.")
+    assert kept.correct == 1 and not kept.hallucination and kept.truthful
+    # True in the world, but not in the text: its food, another creature's food.
+    food = check(w, p, f"the {e} is {ctx['color']} and eats {w.truth(e, 'food')}.")
+    assert food.hallucination and food.truthful
+    aside = check(w, p, f"the {e} is {ctx['color']}. the {other} eats {w.truth(other, 'food')}.")
+    assert aside.hallucination and aside.truthful
 
 
 def test_classification_and_rewrite(w):

@@ -151,18 +151,26 @@ CLOSED = ("closed_qa", "summarization")
 
 
 def _hallucination(src: dict) -> dict:
-    def rate(policy: str) -> tuple[float, int]:
-        cats = _get(src, "results", "sandbox", "policies", policy, "by_category")
-        rates = [(cats[c]["hallucination"], cats[c]["n"]) for c in CLOSED
-                 if c in cats and cats[c]["n"]]
-        if not rates:
+    def cats(policy: str) -> dict:
+        got = _get(src, "results", "sandbox", "policies", policy, "by_category")
+        out = {c: got[c] for c in CLOSED if c in got and got[c]["n"]}
+        if not out:
             raise Missing(f"sandbox / policies / {policy} / by_category / closed_qa")
-        n = sum(k for _, k in rates)
-        return _num(sum(r * k for r, k in rates) / n, f"hallucination of {policy}"), n
+        return out
 
-    (ptx, n), (base, n_base) = rate("ppo-ptx"), rate("base")
+    def rate(rows: dict) -> tuple[float, int]:
+        n = sum(r["n"] for r in rows.values())
+        return _num(sum(r["hallucination"] * r["n"] for r in rows.values()) / n,
+                    "hallucination"), n
+
+    ptx_cats, base_cats = cats("ppo-ptx"), cats("base")
+    (ptx, n), (base, n_base) = rate(ptx_cats), rate(base_cats)
+    # Each category apart too: the verdict is on both together, as fixed in advance.
+    apart = "; ".join(f"{c.replace('_', ' ')} {_pct(ptx_cats[c]['hallucination'])} vs "
+                      f"{_pct(base_cats[c]['hallucination'])} (n = {ptx_cats[c]['n']})"
+                      for c in CLOSED if c in ptx_cats and c in base_cats)
     return _row(f"closed QA and summarisation: PPO-ptx {_share(ptx, n)} vs base "
-                f"{_share(base, n_base)} (n = {n} responses)", ptx < base, ptx,
+                f"{_share(base, n_base)} (n = {n} responses; {apart})", ptx < base, ptx,
                 proportion_ci(ptx, n))
 
 
