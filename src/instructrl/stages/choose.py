@@ -23,9 +23,10 @@ RUN/choose-<stage>-<settings>, its epoch selected by the RM as the user SFT's, j
 RUN/sft the same way, kept in RUN/choose/choice-<stage>.json; the chosen one becomes
 RUN/<stage> (`adopt`). SFT's settings were made for the pipeline's own base; a base 4x
 larger at the same learning rate is a weaker baseline than the paper's, whose 175B SFT was
-tuned for its size (measured in `instructrl reproduce`'s run: on validation, the larger SFT at
-the small model's lr 0.425 against the small SFT, at twice it 0.477, chosen; on the test
-prompts by the held-out labelers that choice took it from 0.451 to 0.532).
+tuned for its size (measured in `instructrl reproduce`'s runs: on validation, the larger SFT
+at the small model's lr 0.425 against the small SFT, at twice it 0.477, chosen; on the test
+prompts by the held-out labelers that choice took it from 0.451 to 0.532; at 2951392, with
+the closed-domain check corrected, 0.427 and 0.495 on validation, 0.540 on test).
 """
 
 from __future__ import annotations
