@@ -158,13 +158,13 @@ def _hallucination(src: dict) -> dict:
             raise Missing(f"sandbox / policies / {policy} / by_category / closed_qa")
         return out
 
-    def rate(rows: dict) -> tuple[float, int]:
+    def rate(rows: dict, policy: str) -> tuple[float, int]:
         n = sum(r["n"] for r in rows.values())
         return _num(sum(r["hallucination"] * r["n"] for r in rows.values()) / n,
-                    "hallucination"), n
+                    f"hallucination of {policy}"), n
 
     ptx_cats, base_cats = cats("ppo-ptx"), cats("base")
-    (ptx, n), (base, n_base) = rate(ptx_cats), rate(base_cats)
+    (ptx, n), (base, n_base) = rate(ptx_cats, "ppo-ptx"), rate(base_cats, "base")
     # Each category apart too: the verdict is on both together, as fixed in advance.
     apart = "; ".join(f"{c.replace('_', ' ')} {_pct(ptx_cats[c]['hallucination'])} vs "
                       f"{_pct(base_cats[c]['hallucination'])} (n = {ptx_cats[c]['n']})"
