@@ -137,15 +137,25 @@ def _chunk_rows(vocab: int) -> int:
     return max(1, (1 << 23) // max(1, vocab))
 
 
-def _chunk_forward(c: torch.Tensor, tok: torch.Tensor, temperature: float,
-                   with_entropy: bool):
-    """One float32 chunk of logits (p,V) and its tokens (p,1) -> logsumexp, log-prob of the
-    token and (or None) entropy of softmax(c / temperature), each (p,)."""
-    if temperature != 1.0:
-        c = c / temperature
-    l = torch.logsumexp(c, dim=-1)
-    ent = l - (torch.softmax(c, dim=-1) * c).sum(-1) if with_entropy else None
-    return l, c.gather(1, tok).squeeze(1) - l, ent  # H = logsumexp(c) - sum softmax(c) * c
+def _forward_chunks(chunk_logits, tokens: torch.Tensor, step: int, temperature: float,
+                    with_entropy: bool):
+    """The forward loop of both chunked log-softmaxes. `chunk_logits(s, e)`: float32 logits
+    (e-s, V) of rows s..e-1; `tokens` (P,1). Returns logsumexp, log-prob of the token and (or
+    None) entropy of softmax(logits / temperature), each (P,) float32."""
+    P = tokens.shape[0]
+    lse = torch.empty(P, dtype=torch.float32, device=tokens.device)
+    logp = torch.empty_like(lse)
+    ent = torch.empty_like(lse) if with_entropy else None
+    for s in range(0, P, step):
+        c = chunk_logits(s, s + step)
+        if temperature != 1.0:
+            c = c / temperature
+        l = torch.logsumexp(c, dim=-1)
+        lse[s:s + step] = l
+        logp[s:s + step] = c.gather(1, tokens[s:s + step]).squeeze(1) - l
+        if with_entropy:  # H = logsumexp(c) - sum softmax(c) * c
+            ent[s:s + step] = l - (torch.softmax(c, dim=-1) * c).sum(-1)
+    return lse, logp, ent
 
 
 def _chunk_grad(c: torch.Tensor, lse: torch.Tensor, tok: torch.Tensor, g: torch.Tensor,
@@ -181,17 +191,8 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
         V = logits.shape[-1]
         flat = logits.reshape(-1, V)  # (P,V)
         tok = tokens.reshape(-1, 1).long()  # (P,1)
-        P = flat.shape[0]
-        logp = flat.new_empty(P, dtype=torch.float32)
-        lse = flat.new_empty(P, dtype=torch.float32)
-        ent = flat.new_empty(P, dtype=torch.float32) if with_entropy else None
-        step = _chunk_rows(V)
-        for s in range(0, P, step):
-            l, lp, e = _chunk_forward(flat[s:s + step].float(), tok[s:s + step], temperature,
-                                      with_entropy)
-            lse[s:s + step], logp[s:s + step] = l, lp
-            if with_entropy:
-                ent[s:s + step] = e
+        lse, logp, ent = _forward_chunks(lambda s, e: flat[s:e].float(), tok, _chunk_rows(V),
+                                         temperature, with_entropy)
         ctx.save_for_backward(logits, tokens, lse)
         ctx.temperature = temperature
         return _outputs(ctx, logp, ent, tokens.shape)
@@ -251,19 +252,11 @@ class _LinearLogSoftmax(torch.autograd.Function):
         dt = _matmul_dtype(hidden)
         flat = hidden.reshape(-1, hidden.shape[-1])
         tok = tokens.reshape(-1, 1).long()
-        P = flat.shape[0]
-        logp = flat.new_empty(P, dtype=torch.float32)
-        lse = flat.new_empty(P, dtype=torch.float32)
-        ent = flat.new_empty(P, dtype=torch.float32) if with_entropy else None
         w = weight.to(dt)
-        step = _chunk_rows(weight.shape[0])
         with torch.autocast(hidden.device.type, enabled=False):
-            for s in range(0, P, step):
-                c = (flat[s:s + step].to(dt) @ w.t()).float()
-                l, lp, e = _chunk_forward(c, tok[s:s + step], temperature, with_entropy)
-                lse[s:s + step], logp[s:s + step] = l, lp
-                if with_entropy:
-                    ent[s:s + step] = e
+            lse, logp, ent = _forward_chunks(lambda s, e: (flat[s:e].to(dt) @ w.t()).float(),
+                                             tok, _chunk_rows(weight.shape[0]), temperature,
+                                             with_entropy)
         ctx.save_for_backward(hidden, weight, tokens, lse)
         ctx.temperature, ctx.dtype = temperature, dt
         return _outputs(ctx, logp, ent, tokens.shape)
