@@ -9,13 +9,16 @@ Prints, on `--n` simulated users' prompts (sandbox template, temperature 1, as t
 sampled): the rate of following instructions, of correct answers, of popular falsehoods
 repeated (TruthfulQA's imitative falsehoods), of toxic responses and of harmless ones; per
 category; then few-shot accuracy on the held-out public tasks, fact recall when the same
-question is asked as web text, and a few samples. It prints figures; it asserts nothing.
+question is asked as web text, reading a text about a creature the corpus never names (does it
+copy the name, give the value the text states), and a few samples. It prints figures; it
+asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from collections import defaultdict
@@ -37,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     from instructrl.modeling import load_causal_lm, load_tokenizer, resolve_model_path
     from instructrl.rollout import pad_left, sample
     from instructrl.sandbox.checks import check
-    from instructrl.sandbox.corpus import public_tasks
+    from instructrl.sandbox.corpus import public_tasks, statement
     from instructrl.sandbox.tasks import write_prompts
-    from instructrl.sandbox.world import World
+    from instructrl.sandbox.world import ATTRIBUTES, World
     from instructrl.templates import encode_prompt
 
     torch.manual_seed(args.seed)
@@ -144,6 +147,26 @@ def main(argv: list[str] | None = None) -> int:
             false_pop += first == pop
     print(f"fact recall as web text ('{probes[0][2]} ...', greedy): {true}/{len(probes)} "
           f"true; the popular falsehood on {false_pop}/{n_pop} facts that have one")
+
+    # Reading: a text about a creature the corpus never names (closed QA's setting). Does
+    # the base copy the unseen name, and the value the text gives, when the text asks for it?
+    rng = random.Random(args.seed)
+    reads = []
+    for e in world.spare_names:
+        for attr in cue:
+            given = {a: rng.choice(world.values[a])
+                     for a in [attr] + rng.sample([a for a in ATTRIBUTES if a != attr], 1)}
+            body = " ".join(statement(rng, e, a, v) for a, v in rng.sample(
+                list(given.items()), len(given)))
+            reads.append((e, given[attr], f"{body} the {attr} of the",
+                          f"{body} {cue[attr].format(e=e)}"))
+    names = greedy([r[2] for r in reads], n_tokens=4)
+    values = greedy([r[3] for r in reads], n_tokens=3)
+    first = [(o.split() or [""])[0].strip(".,") for o in names + values]
+    n = len(reads)
+    print(f"reading a text about an unseen creature ('{reads[0][2]} ...', greedy): copies "
+          f"its name {sum(f == r[0] for f, r in zip(first, reads))}/{n}, gives the text's "
+          f"value {sum(f == r[1] for f, r in zip(first[n:], reads))}/{n}")
 
     print("\nsamples:")
     for p, r, c in list(zip(prompts, responses, checks))[:8]:
