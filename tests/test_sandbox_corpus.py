@@ -62,7 +62,3 @@ def test_public_tasks_are_held_out_of_the_corpus():
             it.prompt.rsplit("review: ", 1)[-1]
         assert query.endswith(("a:", "sentiment:"))
         assert query + " " + it.answer not in text
-
-
-def test_fingerprint_tracks_the_world():
-    assert World(0).fingerprint() == World(0).fingerprint() != World(1).fingerprint()

@@ -20,7 +20,7 @@ Valid items are a hash-split of their own, so SFT's validation loss is on unseen
 
 Only words the sandbox world knows (`World.vocab`) appear, so the shipped base model's
 tokenizer reads them as it reads its corpus; templates live here, not in `text.py`, whose words
-are part of the world's fingerprint.
+are the world's vocabulary.
 """
 
 from __future__ import annotations

@@ -135,15 +135,6 @@ class World:
     def is_entity(self, word: str) -> bool:
         return word in self.facts
 
-    def fingerprint(self) -> str:
-        """A short hash of everything a base model pretrained on this world has learned
-        (names, facts, falsehoods, vocabulary): a shipped base model records it, and a
-        mismatch means the world changed under it."""
-        blob = repr((self.creatures, self.places, sorted(self.facts.items()),
-                     sorted((k, v.value, v.dominant) for k, v in self.falsehoods.items()),
-                     sorted(self.vocab)))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
     def vocabulary(self) -> set[str]:
         """Every word the sandbox's generators can write (names, values, template words)."""
         from instructrl.sandbox import text  # local: text imports world
