@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                      for row, mm in zip(r, m)]
         return outs
 
+    def first_word(out: str) -> str:
+        return out.split()[0].strip(".,") if out.split() else ""
+
     outs = greedy([it.prompt for it in items])
     for task in ("qa", "sentiment"):
         hits = [o.startswith(it.answer) for it, o in zip(items, outs) if it.task == task]
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     true = false_pop = 0
     n_pop = 0
     for (e, attr, _), o in zip(probes, outs):
-        first = o.split()[0].strip(".,") if o.split() else ""
+        first = first_word(o)
         true += first == world.truth(e, attr)
         pop = world.popular_false(e, attr)
         if pop is not None:
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{body} {cue[attr].format(e=e)}"))
     names = greedy([r[2] for r in reads], n_tokens=4)
     values = greedy([r[3] for r in reads], n_tokens=3)
-    first = [(o.split() or [""])[0].strip(".,") for o in names + values]
+    first = [first_word(o) for o in names + values]
     n = len(reads)
     print(f"reading a text about an unseen creature ('{reads[0][2]} ...', greedy): copies "
           f"its name {sum(f == r[0] for f, r in zip(first, reads))}/{n}, gives the text's "
