@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 WORDS = ("the zorp eats fish blip lives in caves red blue what does where user assistant "
          "yes no is a").split()
@@ -150,6 +151,23 @@ def ppo_models_loaded(monkeypatch) -> list:
 
     monkeypatch.setattr(ppo, "load_models", capture)
     return loaded
+
+
+class ScaledLogits(torch.nn.Module):
+    """A causal LM whose forward changes its output layer's logits (as Gemma's soft-cap or
+    Cohere's logit scale do): fused log-probs would be wrong for it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+    def forward(self, **kw):
+        out = self.inner(**kw)
+        out.logits = out.logits * 0.5
+        return out
 
 
 class Crash(Exception):

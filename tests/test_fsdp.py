@@ -71,12 +71,14 @@ def launch_accelerate(args: list[str]) -> str:
 
 
 def test_sharded_sft_and_rm_train_what_one_process_trains(runs, tiny_model_dir, tiny_rm_dir):
-    # SFT through accelerate's FSDP config (reshard after forward: ZeRO-3's arithmetic), the
-    # RM through torchrun with SHARD_GRAD_OP (ZeRO-2's).
+    # SFT through accelerate's FSDP config (reshard after forward: ZeRO-3's arithmetic), its
+    # log-probs fused with the (sharded) output layer on both sides; the RM through torchrun
+    # with SHARD_GRAD_OP (ZeRO-2's).
     recipe, r = runs
     for stage in ("sft", "rm"):
-        launch(1, stage_args(stage, r["plain"], recipe, tiny_model_dir, tiny_rm_dir))
-        args = stage_args(stage, r["fsdp"], recipe, tiny_model_dir, tiny_rm_dir)
+        fused = ["--set", "sft.fused_logprobs=true"] if stage == "sft" else []
+        launch(1, stage_args(stage, r["plain"], recipe, tiny_model_dir, tiny_rm_dir) + fused)
+        args = stage_args(stage, r["fsdp"], recipe, tiny_model_dir, tiny_rm_dir) + fused
         if stage == "sft":
             out = launch_accelerate(args)
             assert "sharded over 2 processes (FSDP2, reshard after forward: yes)" in out

@@ -25,6 +25,7 @@ from instructrl.rundir import RunDir
 from instructrl.stages import ppo
 from instructrl.stages.common import read_metrics
 from instructrl.templates import encode_prompt
+from conftest import ScaledLogits
 
 LORA = ("lora.r=4", "lora.alpha=8", "lora.dropout=0.0")
 
@@ -268,23 +269,6 @@ def test_fused_logprobs_under_bf16_autocast_compute_as_the_output_layer_does(tin
         got[fused] = (lp, torch.autograd.grad(lp.sum(), head)[0])
     torch.testing.assert_close(got[True][0], got[False][0], atol=5e-2, rtol=0)
     torch.testing.assert_close(got[True][1], got[False][1], atol=5e-2, rtol=5e-2)
-
-
-class ScaledLogits(torch.nn.Module):
-    """A causal LM whose forward changes its output layer's logits (as Gemma's soft-cap or
-    Cohere's logit scale do): fused log-probs would be wrong for it."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.inner = model
-
-    def get_output_embeddings(self):
-        return self.inner.get_output_embeddings()
-
-    def forward(self, **kw):
-        out = self.inner(**kw)
-        out.logits = out.logits * 0.5
-        return out
 
 
 def test_fused_logprobs_refuse_what_they_cannot_stand_in_for(tiny, tiny_model_dir, make_cfg):

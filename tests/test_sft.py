@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from instructrl import rollout
 from instructrl.modeling import load_causal_lm, load_tokenizer
 from instructrl.rundir import RunDir
 from instructrl.stages import sft
@@ -185,3 +186,46 @@ def test_rl_initialisation_mixes_pretraining_data(tiny_run, make_cfg, tiny_model
     sft.train(cfg, run, tiny_model_dir)
     steps = [r for r in read_metrics(tiny_run / "sft" / "metrics.jsonl") if "loss/sft" in r]
     assert len(steps) == -(-2 * n_demos // 4)
+
+
+def test_fused_logprobs_train_what_the_logits_path_trains(tiny_run, make_cfg, tiny_model_dir,
+                                                          monkeypatch):
+    # sft.fused_logprobs: the demonstrations' log-probs taken with the output layer chunk by
+    # chunk, no (B, T, V) logits: the same losses, validation losses and weights as from the
+    # logits, to float rounding. Dropout stays on in both runs: the check on the first batch
+    # runs without it and draws no random numbers, so both see the same dropout masks.
+    other = tiny_run.parent / "fused"
+    shutil.copytree(tiny_run / "data", other / "data")
+    sft.train(make_cfg("sft.epochs=2"), RunDir(tiny_run), tiny_model_dir)
+    calls = []
+    real = rollout.fused_output
+    monkeypatch.setattr(rollout, "fused_output", lambda *a, **k: calls.append(1) or real(*a, **k))
+    sft.train(make_cfg("sft.epochs=2", "sft.fused_logprobs=true"), RunDir(other), tiny_model_dir)
+    steps = sum("loss/sft" in r for r in read_metrics(other / "sft" / "metrics.jsonl"))
+    assert len(calls) > steps  # every training forward fused, the check's and validation's too
+    plain = read_metrics(tiny_run / "sft" / "metrics.jsonl")
+    fused = read_metrics(other / "sft" / "metrics.jsonl")
+    assert [r.keys() for r in fused] == [r.keys() for r in plain]
+    assert any("val/loss" in r for r in plain)
+    for a, b in zip(plain, fused):
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-6)
+    for e in ("01", "02"):
+        a = weights(tiny_run / "sft" / "epochs" / e)
+        b = weights(other / "sft" / "epochs" / e)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4)
+
+
+def test_fused_logprobs_refuse_a_model_that_changes_its_logits(tiny_run, make_cfg,
+                                                              tiny_model_dir, monkeypatch):
+    # A forward that scales the output layer's logits: fused log-probs would be those of
+    # other logits, so SFT stops before its first step and names the setting.
+    from conftest import ScaledLogits
+
+    load = sft.load_model
+    monkeypatch.setattr(sft, "load_model", lambda *a, **k: ScaledLogits(load(*a, **k)))
+    with pytest.raises(ValueError, match="sft.fused_logprobs false"):
+        sft.train(make_cfg("sft.epochs=1", "sft.fused_logprobs=true"), RunDir(tiny_run),
+                  tiny_model_dir)
+    assert read_metrics(tiny_run / "sft" / "metrics.jsonl") == []

@@ -150,6 +150,12 @@ class SFTConfig:
     max_response_tokens: int = 64
     ptx_fraction: float = 0.0
     """Fraction of pretraining examples mixed in (App. C.3 RL init: 2 epochs with 0.1)."""
+    fused_logprobs: bool = False
+    """Take the demonstrations' log-probs from the last hidden states and the output layer's
+    weight together, chunk by chunk, as ppo.fused_logprobs does, so that no (batch, tokens,
+    vocabulary) logits exist: memory for large vocabularies (bench/fused_logprobs.py; one more
+    output-layer matmul in each backward pass). Needs a plain bias-free linear output layer
+    whose logits the model's forward returns unchanged (checked on the first batch)."""
     select_prompts: int = 64
     """Validation prompts sampled per epoch checkpoint for selection by RM score."""
     checkpoint_every: int = 200

@@ -527,6 +527,10 @@ class Precision:
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
         self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
 
+    def half(self, model) -> bool:
+        """`model` computes in a half-precision dtype (autocast, or weights loaded so)."""
+        return self.dtype is not None or next(model.parameters()).dtype != torch.float32
+
     def autocast(self):
         if self.dtype is None:
             return contextlib.nullcontext()

@@ -332,15 +332,16 @@ def _next_token_nll(logits: torch.Tensor | None, labels: torch.Tensor, mask: tor
     return masked_mean(-logp, target_mask), target_mask.sum()
 
 
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
-             ) -> tuple[torch.Tensor, Stats]:
+def sft_loss(logits: torch.Tensor | None, labels: torch.Tensor, mask: torch.Tensor,
+             logprobs: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
     """Supervised fine-tuning loss (paper §3.5 "SFT"): next-token cross-entropy on response tokens.
 
     logits (B, T, V) from the model run on prompt+response; labels (B, T) the same input ids;
     mask (B, T) marks the response tokens (1) vs prompt and padding (0). The prompt is context,
     not a target. Mean over all masked tokens of the batch (see ``_next_token_nll`` for the shift).
+    ``logprobs``: as ``_next_token_nll``'s, in place of ``logits``.
     """
-    loss, n = _next_token_nll(logits, labels, mask)
+    loss, n = _next_token_nll(logits, labels, mask, logprobs)
     return loss, {"loss/sft": _stat(loss), "sft/tokens": _stat(n)}
 
 

@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from instructrl.losses import linear_log_softmax, selective_log_softmax
+from instructrl.losses import linear_log_softmax, next_token_targets, selective_log_softmax
 from instructrl.modeling import AdapterDisabled, gather_last, position_ids_from_mask
 
 
@@ -365,9 +365,13 @@ def _concat(queries, query_mask, responses, response_mask):
     return input_ids, mask, position_ids_from_mask(mask)
 
 
-def output_layer(model) -> torch.nn.Linear:
+FUSED_SWITCH = "ppo.fused_logprobs"  # the setting errors about fused log-probs name
+
+
+def output_layer(model, switch: str = FUSED_SWITCH) -> torch.nn.Linear:
     """The causal LM's output layer (under a peft wrapper or an `AdapterDisabled` view), when
-    it is a plain bias-free linear layer: what `fused_output` can stand in for."""
+    it is a plain bias-free linear layer: what `fused_output` can stand in for. `switch`: the
+    setting that asked for fused log-probs, named in the refusal."""
     inner = model.model if isinstance(model, AdapterDisabled) else model
     head = inner.get_output_embeddings()
     # (isinstance: FSDP2 makes a sharded layer an FSDPLinear, a subclass; a quantised
@@ -377,13 +381,13 @@ def output_layer(model) -> torch.nn.Linear:
             or "forward" in vars(head)):  # (wrapped already: accelerate's device-map hooks)
         raise ValueError(f"fused log-probs need a plain bias-free nn.Linear output layer; "
                          f"this model's is {type(head).__name__} (a LoRA adapter on it, "
-                         f"quantised, or wrapped): set ppo.fused_logprobs false")
+                         f"quantised, or wrapped): set {switch} false")
     return head
 
 
 @contextlib.contextmanager
 def fused_output(model, tokens: torch.Tensor, temperature: float = 1.0,
-                 with_entropy: bool = False):
+                 with_entropy: bool = False, switch: str = FUSED_SWITCH):
     """While inside, the model's output layer returns, instead of logits, the log-probs of
     `tokens` (B,n) under softmax(logits / temperature), position t-1 predicting token t, with
     the n+1 last positions it is given (the last predicts nothing): a (B,n,1) tensor, or
@@ -392,7 +396,7 @@ def fused_output(model, tokens: torch.Tensor, temperature: float = 1.0,
     The model's forward is called as usual (its wrappers, FSDP's hooks included, run as
     always); it must pass the layer's output through as its logits, which most causal LMs
     do and some do not (a final soft-cap or scale): `check_fused` compares once per model."""
-    head = output_layer(model)
+    head = output_layer(model, switch)
 
     def forward(hidden):
         n = tokens.shape[1]
@@ -416,11 +420,45 @@ def check_fused(model, queries, query_mask, responses, response_mask,
         a = response_logprobs(model, queries, query_mask, responses, response_mask, temperature)
         b = response_logprobs(model, queries, query_mask, responses, response_mask, temperature,
                               fused=True)
+    _same_logprobs(a, b, atol, FUSED_SWITCH)
+
+
+def check_fused_lm(model, ids: torch.Tensor, attention_mask: torch.Tensor,
+                   target_mask: torch.Tensor, atol: float = 1e-3,
+                   switch: str = FUSED_SWITCH) -> None:
+    """`check_fused` for a next-token loss's forward (`lm_loss_inputs`): the targets'
+    log-probs fused and from the model's own logits must agree on this batch."""
+    with torch.no_grad():
+        a = lm_loss_inputs(model, ids, attention_mask, target_mask)["logits"]
+        targets, tmask = next_token_targets(ids, target_mask)
+        a = selective_log_softmax(a[:, :-1], targets)
+        b = lm_loss_inputs(model, ids, attention_mask, target_mask, fused=True,
+                           switch=switch)["logprobs"]
+    _same_logprobs(a[tmask], b[tmask], atol, switch)
+
+
+def _same_logprobs(a: torch.Tensor, b: torch.Tensor, atol: float, switch: str) -> None:
     err = float((a - b).abs().max()) if a.numel() else 0.0
     if not err <= atol:
         raise ValueError(f"fused log-probs differ from the model's own by {err:.3g} (more than "
                          f"{atol}): its forward changes the output layer's logits; set "
-                         f"ppo.fused_logprobs false")
+                         f"{switch} false")
+
+
+def lm_loss_inputs(model, ids: torch.Tensor, attention_mask: torch.Tensor,
+                   target_mask: torch.Tensor, fused: bool = False,
+                   switch: str = FUSED_SWITCH) -> dict:
+    """One forward over (B,T) `ids` for a next-token loss (`losses.sft_loss`, `ptx_loss`),
+    whose `mask` is `target_mask`: the loss's keyword arguments, {"logits": (B,T,V)} or, with
+    `fused`, {"logits": None, "logprobs": (B,T-1)}: the targets' log-probs taken together
+    with the output layer (`fused_output`), so that no (B,T,V) logits exist."""
+    if not fused:
+        return {"logits": model(input_ids=ids, attention_mask=attention_mask,
+                                use_cache=False).logits}
+    targets, _ = next_token_targets(ids, target_mask)
+    with fused_output(model, targets, switch=switch):
+        got = model(input_ids=ids, attention_mask=attention_mask, use_cache=False).logits
+    return {"logits": None, "logprobs": got[..., 0]}
 
 
 def response_logprobs(model, queries: torch.Tensor, query_mask: torch.Tensor,
@@ -445,7 +483,7 @@ def response_logprobs(model, queries: torch.Tensor, query_mask: torch.Tensor,
     queries, query_mask, responses, response_mask = trim_padding(queries, query_mask,
                                                                  responses, response_mask)
     input_ids, mask, positions = _concat(queries, query_mask, responses, response_mask)
-    Q, r = queries.shape[1], responses.shape[1]
+    r = responses.shape[1]
     kw = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions,
               use_cache=False, **_last_logits(model, r + 1))
     if fused:

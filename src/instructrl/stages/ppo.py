@@ -83,12 +83,12 @@ from instructrl.distributed import (Precision, gather_like, local, precision, ru
                                     shard_like)
 from instructrl.generation import decode_responses
 from instructrl.losses import (AdaptiveKLController, FixedKLController, gae, masked_mean,
-                               masked_var, masked_whiten, next_token_targets,
-                               per_token_rewards, ppo_policy_loss, ptx_loss, value_loss)
+                               masked_var, masked_whiten, per_token_rewards, ppo_policy_loss,
+                               ptx_loss, value_loss)
 from instructrl.modeling import (AdapterDisabled, ScalarHeadModel, add_lora, load_causal_lm,
                                  load_tokenizer, lora_enabled, prepare_for_training,
                                  resolve_model_path, save_pretrained_atomic, weights_dtype)
-from instructrl.rollout import (Rollout, check_fused, fused_output, pad_left,
+from instructrl.rollout import (Rollout, check_fused, lm_loss_inputs, pad_left,
                                 response_logprobs, response_scores, response_values, sample)
 from instructrl.rundir import RunDir
 from instructrl.stages.common import (Checkpoint, MetricsLog, chunks, collate,
@@ -336,16 +336,8 @@ def train_minibatch(m: Models, r: Rollout, adv, returns, idx, c: PPOConfig, ptx_
             dev = r.queries.device
             b_ids, b_mask, b_tgt = ids[s].to(dev), mask[s].to(dev), tgt[s].to(dev)
             with prec.autocast():
-                if c.fused_logprobs:
-                    targets, _ = next_token_targets(b_ids, b_tgt)
-                    with fused_output(m.policy, targets):
-                        logp = m.policy(input_ids=b_ids, attention_mask=b_mask,
-                                        use_cache=False).logits[..., 0]
-                    loss, pstats = ptx_loss(None, b_ids, b_tgt, logprobs=logp)
-                else:
-                    logits = m.policy(input_ids=b_ids, attention_mask=b_mask,
-                                      use_cache=False).logits
-                    loss, pstats = ptx_loss(logits, b_ids, b_tgt)
+                loss, pstats = ptx_loss(labels=b_ids, mask=b_tgt, **lm_loss_inputs(
+                    m.policy, b_ids, b_mask, b_tgt, c.fused_logprobs))
             if not torch.isfinite(loss):
                 stats["nonfinite"] = 2.0  # "ptx loss"
                 break
@@ -515,7 +507,7 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
                 k = min(len(r.queries), c.micro_batch_size)
                 check_fused(m.policy, r.queries[:k], r.query_mask[:k], r.responses[:k],
                             r.response_mask[:k], c.temperature,
-                            atol=5e-2 if _half(m.policy, prec) else 1e-3)
+                            atol=5e-2 if prec.half(m.policy) else 1e-3)
         for x in offload:
             x.to("cpu")
         r = gather_rollout(r, tokenizer.pad_token_id)
@@ -666,11 +658,6 @@ def _run_parts(parts: list[Callable], parallel: bool) -> list:
         return [f.result() for f in futures]
     finally:
         torch.set_num_threads(main_threads)
-
-
-def _half(model, prec: Precision) -> bool:
-    """The model computes in a half-precision dtype (autocast, or weights loaded so)."""
-    return prec.dtype is not None or next(model.parameters()).dtype != torch.float32
 
 
 def _now(device) -> float:

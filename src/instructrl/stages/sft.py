@@ -37,12 +37,15 @@ from instructrl.modeling import (ADAPTER_DIR, add_lora, default_device, load_cau
                                  load_tokenizer, lora_enabled, prepare_for_training,
                                  resolve_model_path, save_pretrained_atomic, set_dropout,
                                  weights_dtype)
+from instructrl.rollout import check_fused_lm, lm_loss_inputs
 from instructrl.rundir import RunDir, join_prompts
 from instructrl.stages.common import (Checkpoint, MetricsLog, adamw_cosine, batches,
                                       collate, pretraining_examples, read_metrics,
                                       resume_training_state, save_training_state,
                                       seed_everything, seed_process, trainable)
 from instructrl.templates import encode_example
+
+FUSED = "sft.fused_logprobs"  # named in a refusal of fused log-probs
 
 # Prompts and their demonstrations, given instead of RUN/data's (e.g. sandbox.public_demos).
 Demonstrations = tuple[list[Prompt], list[Demonstration]]
@@ -68,9 +71,10 @@ def sft_examples(run: RunDir, tokenizer, split: str, max_prompt_tokens: int,
 
 
 @torch.no_grad()
-def eval_loss(model, examples, pad_id: int, batch_size: int, device, prec=None) -> float:
+def eval_loss(model, examples, pad_id: int, batch_size: int, device, prec=None,
+              fused: bool = False) -> float:
     """Mean response-token loss over `examples`, each process taking its shard (under the
-    training's autocast when `prec` is given)."""
+    training's autocast when `prec` is given; `fused`: sft.fused_logprobs)."""
     model.eval()
     total, count = 0.0, 0.0
     mine = runtime().shard(examples)
@@ -78,12 +82,30 @@ def eval_loss(model, examples, pad_id: int, batch_size: int, device, prec=None) 
         ids, mask, resp, _ = (t.to(device) for t in collate(
             mine[s] if s is not None else examples[:1], pad_id))
         with prec.autocast() if prec is not None else contextlib.nullcontext():
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            loss, stats = sft_loss(logits, ids, resp)
+            loss, stats = micro_loss(model, ids, mask, resp, fused)
         n = float(stats["sft/tokens"]) if s is not None else 0.0
         total, count = total + float(loss) * n, count + n
     sums = runtime().sum_stats({"total": total, "count": count})
     return sums["total"] / max(sums["count"], 1)
+
+
+def micro_loss(model, ids, mask, resp, fused: bool):
+    """`sft_loss` of one micro-batch; with `fused` (sft.fused_logprobs) the targets' log-probs
+    are taken with the output layer, and the (B, T, V) logits never exist."""
+    return sft_loss(labels=ids, mask=resp, **lm_loss_inputs(model, ids, mask, resp, fused,
+                                                            switch=FUSED))
+
+
+def check_fused(model, examples: list, pad: int, device, prec) -> None:
+    """Once per process start, with sft.fused_logprobs: do the fused log-probs equal the
+    model's own on the first examples (a forward that changes its logits would be trained
+    wrongly)? Dropout off for the comparison; it draws no random numbers."""
+    model.eval()
+    ids, mask, resp, _ = (t.to(device) for t in collate(examples, pad))
+    with prec.autocast():
+        check_fused_lm(model, ids, mask, resp, atol=5e-2 if prec.half(model) else 1e-3,
+                       switch=FUSED)
+    model.train()
 
 
 def load_model(cfg: RunConfig, init: str | Path, *, dropout: float):
@@ -98,7 +120,8 @@ def load_model(cfg: RunConfig, init: str | Path, *, dropout: float):
     return prepare_for_training(model, cfg.model)
 
 
-def train_step(model, opt, sched, chunk: list, pad: int, micro: int, device, prec) -> dict:
+def train_step(model, opt, sched, chunk: list, pad: int, micro: int, device, prec,
+               fused: bool = False) -> dict:
     """One optimizer step on `chunk` (the global batch), its gradient accumulated over
     micro-batches of `micro` sequences of this process's shard, each weighted by its share of
     the batch's response tokens, and summed over processes: the same step as one
@@ -112,7 +135,7 @@ def train_step(model, opt, sched, chunk: list, pad: int, micro: int, device, pre
         part = mine[s] if s is not None else chunk[:1]
         ids, mask, resp, _ = (t.to(device) for t in collate(part, pad))
         with prec.autocast():
-            loss, st = sft_loss(model(input_ids=ids, attention_mask=mask).logits, ids, resp)
+            loss, st = micro_loss(model, ids, mask, resp, fused)
         w = float(st["sft/tokens"]) / max(total, 1) if s is not None else 0.0
         prec.backward(loss * w)
         if s is not None:
@@ -174,19 +197,23 @@ def train(cfg: RunConfig, run: RunDir, init: str | Path, *, stage: str = "sft",
 
     for _ in range(start_epoch):  # replay the shuffles of finished epochs
         batches(train_ex, c.batch_size, order, length=seq_len)
+    if c.fused_logprobs:
+        check_fused(model, train_ex[:micro], pad, device, prec)
     bar = tqdm(total=total, initial=step, desc=stage, unit="step", disable=not rt.is_main)
     for epoch in range(start_epoch, c.epochs):
         model.train()
         plan = batches(train_ex, c.batch_size, order, length=seq_len)
         for chunk in plan[skip if epoch == start_epoch else 0:]:
-            stats = train_step(model, opt, sched, chunk, pad, micro, device, prec)
+            stats = train_step(model, opt, sched, chunk, pad, micro, device, prec,
+                               c.fused_logprobs)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{stats['loss/sft']:.3f}")
             log.write({"step": bar.n, "epoch": epoch + 1, "lr": sched.get_last_lr()[0], **stats})
             if bar.n % c.checkpoint_every == 0 and bar.n % steps_per_epoch:
                 save_training_state(ckpt, model, opt, sched, prec, epoch=epoch, step=bar.n)
                 rt.barrier()
-        val = eval_loss(model, valid_ex, pad, micro, device, prec) if valid_ex else float("nan")
+        val = (eval_loss(model, valid_ex, pad, micro, device, prec, c.fused_logprobs)
+               if valid_ex else float("nan"))
         log.write({"step": bar.n, "epoch": epoch + 1, "val/loss": val})
         weights = rt.full_state(model)  # (gathered from the shards under FSDP)
         if rt.is_main:
