@@ -506,8 +506,7 @@ def train(cfg: RunConfig, run: RunDir, *, init: str | Path, ref: str | Path, rm:
             if c.fused_logprobs and it == start:  # once: does this model allow it?
                 k = min(len(r.queries), c.micro_batch_size)
                 check_fused(m.policy, r.queries[:k], r.query_mask[:k], r.responses[:k],
-                            r.response_mask[:k], c.temperature,
-                            atol=5e-2 if prec.half(m.policy) else 1e-3)
+                            r.response_mask[:k], c.temperature, half=prec.half(m.policy))
         for x in offload:
             x.to("cpu")
         r = gather_rollout(r, tokenizer.pad_token_id)

@@ -103,8 +103,7 @@ def check_fused(model, examples: list, pad: int, device, prec) -> None:
     model.eval()
     ids, mask, resp, _ = (t.to(device) for t in collate(examples, pad))
     with prec.autocast():
-        check_fused_lm(model, ids, mask, resp, atol=5e-2 if prec.half(model) else 1e-3,
-                       switch=FUSED)
+        check_fused_lm(model, ids, mask, resp, half=prec.half(model), switch=FUSED)
     model.train()
 
 
